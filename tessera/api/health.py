@@ -1,0 +1,62 @@
+"""Liveness (/healthz) and readiness (/readyz): the store reachable, the schema current."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import sqlalchemy as sa
+from fastapi import APIRouter
+from sqlalchemy.engine import Engine
+from starlette.responses import JSONResponse
+
+from tessera.eventlog.service import head_position
+from tessera.eventlog.writer import EventLogWriter
+from tessera.store import current_revision, head_revision
+
+
+def create_router(engine: Engine, writer: EventLogWriter) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def check() -> tuple[int, dict[str, Any]]:
+        head = head_revision()
+        body: dict[str, Any] = {"status": "ready", "schema": {"head": head}}
+        try:
+            with engine.connect() as conn:
+                current = current_revision(conn)
+                log_head = head_position(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            return 503, {"status": "unavailable", "database": f"unreachable: {reason}"}
+        body["database"] = "ok"
+        body["schema"]["current"] = current
+        body["event_log"] = {"head_seq": log_head}
+        body["ingest"] = {
+            "queued_events": writer.queued_events,
+            "committed_events": writer.stats.committed_events,
+            "rejected_overload_events": writer.stats.rejected_overload,
+        }
+        # The processor (identity, profiles) is not built yet; its lag will show here.
+        body["processor"] = {"running": False}
+        if current != head:
+            body["status"] = "migrations_pending"
+            return 503, body
+        return 200, body
+
+    run: Callable[[], tuple[int, dict[str, Any]]] = check
+
+    @router.get(
+        "/readyz",
+        summary="The store is reachable and its schema current",
+        responses={503: {"description": "Not ready; the body says why."}},
+    )
+    async def readyz() -> JSONResponse:
+        status, body = await anyio.to_thread.run_sync(run)
+        return JSONResponse(body, status_code=status)
+
+    return router

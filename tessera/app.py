@@ -1,0 +1,82 @@
+"""The application factory: `create_app(settings)` wires the stages into one ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tessera import __version__
+from tessera.api import errors as api_errors
+from tessera.api import health
+from tessera.config import Settings
+from tessera.eventlog import EventLogWriter
+from tessera.ingest import api as ingest_api
+from tessera.ingest.sources import WriteKeyCache
+from tessera.store import create_store_engine
+
+
+class TrackingCORS:
+    """CORS for the tracking API only: any browser page may send events to /v1/...,
+    while the management API stays same-origin."""
+
+    def __init__(self, app: ASGIApp, *, allow_origins: list[str]) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=["POST", "OPTIONS"],
+            allow_headers=["*"],
+            max_age=86400,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """Build the app. The caller migrates the store first (`tessera serve` does)."""
+    engine = engine or create_store_engine(
+        settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    writer = EventLogWriter(
+        engine,
+        max_queue_events=settings.ingest_queue_max_events,
+        max_commit_events=settings.ingest_commit_max_events,
+        commit_timeout_seconds=settings.ingest_commit_timeout_seconds,
+    )
+    write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.stop()
+
+    app = FastAPI(
+        title="Tessera",
+        version=__version__,
+        description="Customer data platform with a built-in CRM.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.writer = writer
+    api_errors.install_error_handlers(app)
+    app.include_router(health.create_router(engine, writer))
+    app.include_router(
+        ingest_api.create_router(
+            ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
+        )
+    )
+    app.add_middleware(TrackingCORS, allow_origins=settings.cors_allow_origins)
+    return app

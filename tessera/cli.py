@@ -1,0 +1,191 @@
+"""The `tessera` command: serve, migrate, and manage sources."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn, TypeVar
+
+import pydantic
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from tessera import __version__
+from tessera.config import Settings
+from tessera.errors import TesseraError
+from tessera.logs import configure_logging
+
+app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
+source_app = typer.Typer(help="Sources: where events come from, each with a write key.", no_args_is_help=True)
+app.add_typer(source_app, name="source")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        settings = Settings()
+        return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"TESSERA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except TesseraError as exc:
+        _fail(str(exc))
+
+
+def _migrated_engine(settings: Settings) -> Engine:
+    from tessera.store import create_store_engine, upgrade
+
+    engine = create_store_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    upgrade(engine)
+    return engine
+
+
+def _in_transaction(settings: Settings, work: Callable[..., T], **kwargs: object) -> T:
+    with _errors():
+        engine = _migrated_engine(settings)
+        try:
+            with engine.begin() as conn:
+                return work(conn, **kwargs)
+        finally:
+            engine.dispose()
+
+
+@app.command()
+def version() -> None:
+    """Print Tessera's version."""
+    out.print(__version__)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the store's migrations (serve does this at start too)."""
+    from tessera.store import create_store_engine, upgrade
+
+    settings = _settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    with _errors():
+        engine = create_store_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        before, after = upgrade(engine)
+        engine.dispose()
+    if before == after:
+        out.print(f"the schema is current (revision {after})")
+    else:
+        out.print(f"migrated the schema from revision {before or 'empty'} to {after}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [TESSERA_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [TESSERA_PORT].")] = None,
+) -> None:
+    """Run the API and tracking endpoints in one process, on the configured store."""
+    import uvicorn
+
+    from tessera.app import create_app
+    from tessera.ingest.sources import create_source, list_sources
+
+    settings = _settings(host=host, port=port)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    with _errors():
+        engine = _migrated_engine(settings)
+        with engine.begin() as conn:
+            enabled = [source for source in list_sources(conn) if source.enabled]
+            if not enabled:
+                enabled = [create_source(conn, name="default")]
+    _banner(settings, enabled[0].name, enabled[0].write_key)
+    application = create_app(settings, engine=engine)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+        server_header=False,
+    )
+
+
+def _banner(settings: Settings, source_name: str, write_key: str) -> None:
+    url = settings.base_url
+    body = '{"userId": "user-1", "event": "Signed Up", "properties": {"plan": "trial"}}'
+    curl = (
+        f"curl -u {shlex.quote(write_key + ':')} {url}/v1/track "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
+    out.print(f"[bold]Tessera {__version__}[/] is running at [bold]{url}[/]")
+    out.print(f"  store:     {settings.database_url}")
+    out.print(f"  source:    {source_name}")
+    out.print(f"  write key: {write_key}")
+    out.print("Send a test event:")
+    out.print(f"  {curl}", markup=False)
+    sys.stdout.flush()
+
+
+@source_app.command("create")
+def source_create(name: Annotated[str, typer.Argument(help="A name people recognise, e.g. 'web'.")]) -> None:
+    """Create a source; its write key is printed as the last line."""
+    from tessera.ingest.sources import create_source
+
+    source = _in_transaction(_settings(), create_source, name=name)
+    out.print(f"created source {source.name!r} (id {source.id}); its write key:")
+    out.print(source.write_key, markup=False)
+
+
+@source_app.command("list")
+def source_list() -> None:
+    """List the sources with their write keys and state."""
+    from tessera.ingest.sources import list_sources
+
+    sources = _in_transaction(_settings(), list_sources)
+    table = Table("id", "name", "write key", "state", "created")
+    for source in sources:
+        table.add_row(
+            str(source.id),
+            source.name,
+            source.write_key,
+            "enabled" if source.enabled else "disabled",
+            source.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    out.print(table)
+
+
+@source_app.command("disable")
+def source_disable(name: str) -> None:
+    """Stop accepting events from a source (its write key then gets 403)."""
+    from tessera.ingest.sources import set_source_enabled
+
+    source = _in_transaction(_settings(), set_source_enabled, name=name, enabled=False)
+    out.print(f"disabled source {source.name!r}")
+
+
+@source_app.command("enable")
+def source_enable(name: str) -> None:
+    """Accept events from a disabled source again."""
+    from tessera.ingest.sources import set_source_enabled
+
+    source = _in_transaction(_settings(), set_source_enabled, name=name, enabled=True)
+    out.print(f"enabled source {source.name!r}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,109 @@
+"""Settings: one pydantic-settings class read from `TESSERA_*` environment variables.
+
+Build it with `Settings()` where the process starts (the CLI, a test) and pass it down;
+nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Tessera has. `docs/configuration.md` documents each (a test checks)."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./tessera.db",
+        description=(
+            "SQLAlchemy URL of the store. The default is a SQLite file in the working "
+            "directory; use postgresql+psycopg://user@host/db for PostgreSQL."
+        ),
+    )
+    host: str = Field(default="127.0.0.1", description="Address `tessera serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `tessera serve` listens on.")
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The URL clients use to reach this server, shown in the start-up banner. "
+            "Defaults to http://HOST:PORT."
+        ),
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Minimum level of log records written to stderr."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text` writes key=value lines for people; `json` writes one JSON object a line.",
+    )
+    access_log: bool = Field(
+        default=False, description="Log every HTTP request (costly at high request rates)."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description=(
+            "SQLite `synchronous` pragma. FULL fsyncs every commit, so an acknowledged event "
+            "survives a power cut; NORMAL survives a process crash only."
+        ),
+    )
+    ingest_max_message_bytes: int = Field(
+        default=32 * 1024, gt=0, description="Largest accepted message, in bytes of JSON."
+    )
+    ingest_max_batch_bytes: int = Field(
+        default=500 * 1024,
+        gt=0,
+        description="Largest accepted request body, in bytes after gzip decompression.",
+    )
+    ingest_max_batch_messages: int = Field(
+        default=2500, gt=0, description="Most messages accepted in one batch request."
+    )
+    ingest_queue_max_events: int = Field(
+        default=50_000,
+        gt=0,
+        description=(
+            "Events waiting for their commit before the tracking API answers 429 with "
+            "Retry-After. Bounds the memory the write path may use."
+        ),
+    )
+    ingest_commit_max_events: int = Field(
+        default=5_000,
+        gt=0,
+        description="Most events group-committed in one transaction by the event-log writer.",
+    )
+    ingest_commit_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How long a tracking call waits for its commit before answering 503; the events "
+            "may still commit, and the client's retry is deduplicated by messageId."
+        ),
+    )
+    write_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "How long a write key lookup is cached. A source disabled elsewhere stops "
+            "accepting events within this time."
+        ),
+    )
+    cors_allow_origins: list[str] = Field(
+        default=["*"],
+        description="Origins allowed to call the tracking API (/v1) from a browser.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(
+                f"database_url {value!r} is neither sqlite:///PATH nor postgresql+psycopg://..."
+            )
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,114 @@
+"""Tessera's exception tree; every error we raise on purpose descends from `TesseraError`.
+
+    TesseraError
+    ├── ConfigurationError            settings that cannot work (bad URL, unknown level)
+    ├── StoreError                    the database failed us (translated driver errors)
+    │   └── MigrationError            the schema could not be brought up to date
+    ├── NotFound                      a named thing does not exist (CLI and service layer)
+    └── HTTPError                     carries `status_code`; rendered as JSON by `api.errors`
+        ├── BadRequest           400  the body is not what the contract says
+        ├── Unauthorized         401  missing or unknown credentials
+        ├── Forbidden            403  known credentials, not allowed (a disabled source)
+        ├── Conflict             409  the name is taken
+        ├── PayloadTooLarge      413  over a documented size limit
+        ├── UnsupportedMediaType 415  a content type or encoding we do not read
+        ├── TooManyRequests      429  back-pressure; carries `retry_after` seconds
+        └── ServiceUnavailable   503  the store is unreachable; retry later
+
+Messages name the offending value and say what would be right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TesseraError(Exception):
+    """Root of every error Tessera raises on purpose."""
+
+
+class ConfigurationError(TesseraError):
+    """A setting has a value that cannot work."""
+
+
+class StoreError(TesseraError):
+    """The database failed; the message says which operation and why."""
+
+
+class MigrationError(StoreError):
+    """The schema could not be migrated to the version this code needs."""
+
+
+class NotFound(TesseraError):
+    """A named object (a source, a profile, ...) does not exist."""
+
+
+class HTTPError(TesseraError):
+    """An error that faces an HTTP client; subclasses fix the status code."""
+
+    status_code: int = 500
+    error: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body: `success`, `error` (a stable code), `message`, and any extra fields."""
+        return {"success": False, "error": self.error, "message": self.message, **self.fields}
+
+
+class BadRequest(HTTPError):
+    status_code = 400
+    error = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    status_code = 401
+    error = "unauthorized"
+
+
+class Forbidden(HTTPError):
+    status_code = 403
+    error = "forbidden"
+
+
+class Conflict(HTTPError):
+    status_code = 409
+    error = "conflict"
+
+
+class PayloadTooLarge(HTTPError):
+    status_code = 413
+    error = "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status_code = 415
+    error = "unsupported_media_type"
+
+
+class TooManyRequests(HTTPError):
+    status_code = 429
+    error = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(HTTPError):
+    status_code = 503
+    error = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after

@@ -1,0 +1,85 @@
+"""Append to and read from the event log, on an open connection.
+
+Appends are idempotent per (source, messageId): a duplicate is silently not stored twice,
+which is how the tracking API dedupes client retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypedDict
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from tessera.eventlog.models import events
+
+
+class NewEvent(TypedDict):
+    """A row about to be appended; `payload` is the full message as JSON text."""
+
+    source_id: int
+    message_id: str
+    type: str
+    name: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: datetime
+    original_timestamp: datetime | None
+    sent_at: datetime | None
+    received_at: datetime
+    payload: str
+
+
+def _insert_ignoring_duplicates(dialect_name: str) -> Any:
+    if dialect_name == "postgresql":
+        return postgresql.insert(events).on_conflict_do_nothing(
+            index_elements=["source_id", "message_id"]
+        )
+    return sqlite.insert(events).on_conflict_do_nothing(index_elements=["source_id", "message_id"])
+
+
+def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
+    """Insert `rows` (executemany), skipping duplicates; return how many were new, or -1
+    when the driver cannot tell."""
+    if not rows:
+        return 0
+    result = conn.execute(_insert_ignoring_duplicates(conn.dialect.name), list(rows))
+    return int(result.rowcount)
+
+
+def count_events(conn: Connection, *, source_id: int | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(events)
+    if source_id is not None:
+        query = query.where(events.c.source_id == source_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def head_position(conn: Connection) -> int:
+    """The highest `seq` in the log (0 when empty)."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one())
+
+
+def list_events(
+    conn: Connection,
+    *,
+    after_seq: int = 0,
+    limit: int = 1000,
+    source_id: int | None = None,
+    message_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Events in log order after `after_seq`, each with its decoded `payload`."""
+    query = sa.select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+    if source_id is not None:
+        query = query.where(events.c.source_id == source_id)
+    if message_id is not None:
+        query = query.where(events.c.message_id == message_id)
+    rows = []
+    for row in conn.execute(query).mappings():
+        item = dict(row)
+        item["payload"] = orjson.loads(item["payload"])
+        rows.append(item)
+    return rows
