@@ -103,6 +103,12 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _unencodable(exc: orjson.JSONEncodeError) -> MessageError:
+    if "recursion" in str(exc).lower():
+        return MessageError(f"the message nests deeper than {MAX_DEPTH} levels")
+    return MessageError(f"the message cannot be stored as JSON: {exc}")
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -135,8 +141,8 @@ def normalise_message(
         raise MessageError(f"a message must be a JSON object, got {_kind(raw)}")
     try:
         size = len(orjson.dumps(raw))
-    except (orjson.JSONEncodeError, TypeError):
-        raise MessageError(f"the message nests deeper than {MAX_DEPTH} levels") from None
+    except orjson.JSONEncodeError as exc:
+        raise _unencodable(exc) from None
     if size > max_bytes:
         raise MessageError(f"the message is {size} bytes; the limit is {max_bytes}")
 
@@ -194,8 +200,8 @@ def normalise_message(
 
     try:
         payload = orjson.dumps(message).decode()
-    except orjson.JSONEncodeError:
-        raise MessageError(f"the message nests deeper than {MAX_DEPTH} levels") from None
+    except orjson.JSONEncodeError as exc:
+        raise _unencodable(exc) from None
     return NewEvent(
         source_id=source_id,
         message_id=message_id,
