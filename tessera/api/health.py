@@ -39,6 +39,7 @@ def create_router(engine: Engine, writer: EventLogWriter) -> APIRouter:
         body["ingest"] = {
             "queued_events": writer.queued_events,
             "committed_events": writer.stats.committed_events,
+            "commits": writer.stats.commits,
             "rejected_overload_events": writer.stats.rejected_overload,
         }
         # The processor (identity, profiles) is not built yet; its lag will show here.

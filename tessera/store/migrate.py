@@ -85,6 +85,8 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
+        # A failed migration leaves the transaction aborted; the session lock outlives it.
+        conn.rollback()
         conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_MIGRATION_LOCK})
         conn.commit()
 
