@@ -20,7 +20,9 @@ from tessera.errors import TesseraError
 from tessera.logs import configure_logging
 
 app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
-source_app = typer.Typer(help="Sources: where events come from, each with a write key.", no_args_is_help=True)
+source_app = typer.Typer(
+    help="Sources: where events come from, each with a write key.", no_args_is_help=True
+)
 app.add_typer(source_app, name="source")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -40,7 +42,8 @@ def _settings(**overrides: object) -> Settings:
         return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     except pydantic.ValidationError as exc:
         problems = "; ".join(
-            f"TESSERA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"TESSERA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
         )
         _fail(f"invalid settings: {problems}")
 
@@ -56,7 +59,9 @@ def _errors() -> Iterator[None]:
 def _migrated_engine(settings: Settings) -> Engine:
     from tessera.store import create_store_engine, upgrade
 
-    engine = create_store_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    engine = create_store_engine(
+        settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
     upgrade(engine)
     return engine
 
@@ -85,7 +90,9 @@ def migrate() -> None:
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
-        engine = create_store_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        engine = create_store_engine(
+            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
         before, after = upgrade(engine)
         engine.dispose()
     if before == after:
@@ -142,7 +149,9 @@ def _banner(settings: Settings, source_name: str, write_key: str) -> None:
 
 
 @source_app.command("create")
-def source_create(name: Annotated[str, typer.Argument(help="A name people recognise, e.g. 'web'.")]) -> None:
+def source_create(
+    name: Annotated[str, typer.Argument(help="A name people recognise, e.g. 'web'.")],
+) -> None:
     """Create a source; its write key is printed as the last line."""
     from tessera.ingest.sources import create_source
 

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         default="text",
-        description="`text` writes key=value lines for people; `json` writes one JSON object a line.",
+        description=(
+            "`text` writes key=value lines for people; `json` writes one JSON object a line."
+        ),
     )
     access_log: bool = Field(
         default=False, description="Log every HTTP request (costly at high request rates)."

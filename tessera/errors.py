@@ -47,7 +47,7 @@ class HTTPError(TesseraError):
     """An error that faces an HTTP client; subclasses fix the status code."""
 
     status_code: int = 500
-    error: str = "internal_error"
+    code: str = "internal_error"
 
     def __init__(
         self,
@@ -62,43 +62,47 @@ class HTTPError(TesseraError):
         self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON body: `success`, `error` (a stable code), `message`, and any extra fields."""
-        return {"success": False, "error": self.error, "message": self.message, **self.fields}
+        """The JSON body: `success`, `code` (stable, machine-readable), `message`, and extras.
+
+        `code` is the key Segment's API uses; the official Python SDKs read it, and retry a
+        permanent 4xx as if it were a network error when it is missing.
+        """
+        return {"success": False, "code": self.code, "message": self.message, **self.fields}
 
 
 class BadRequest(HTTPError):
     status_code = 400
-    error = "bad_request"
+    code = "bad_request"
 
 
 class Unauthorized(HTTPError):
     status_code = 401
-    error = "unauthorized"
+    code = "unauthorized"
 
 
 class Forbidden(HTTPError):
     status_code = 403
-    error = "forbidden"
+    code = "forbidden"
 
 
 class Conflict(HTTPError):
     status_code = 409
-    error = "conflict"
+    code = "conflict"
 
 
 class PayloadTooLarge(HTTPError):
     status_code = 413
-    error = "payload_too_large"
+    code = "payload_too_large"
 
 
 class UnsupportedMediaType(HTTPError):
     status_code = 415
-    error = "unsupported_media_type"
+    code = "unsupported_media_type"
 
 
 class TooManyRequests(HTTPError):
     status_code = 429
-    error = "too_many_requests"
+    code = "too_many_requests"
 
     def __init__(self, message: str, *, retry_after: int = 1):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
@@ -107,7 +111,7 @@ class TooManyRequests(HTTPError):
 
 class ServiceUnavailable(HTTPError):
     status_code = 503
-    error = "service_unavailable"
+    code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 5):
         super().__init__(message, headers={"Retry-After": str(retry_after)})

@@ -67,7 +67,9 @@ def postgres_template(postgres_admin_url: str) -> str:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    engine = create_store_engine(make_url(postgres_admin_url).set(database=name).render_as_string(False))
+    engine = create_store_engine(
+        make_url(postgres_admin_url).set(database=name).render_as_string(False)
+    )
     upgrade(engine)
     engine.dispose()
     return name

@@ -56,7 +56,19 @@ def running_postgres(bindir: Path) -> Iterator[str]:
     log = workdir / "server.log"
     try:
         subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"],
+            [
+                *prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                user,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             check=True,
             capture_output=True,
         )
@@ -65,7 +77,18 @@ def running_postgres(bindir: Path) -> Iterator[str]:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"],
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "start",
+            ],
             check=True,
             capture_output=True,
         )
@@ -78,6 +101,7 @@ def running_postgres(bindir: Path) -> Iterator[str]:
     finally:
         subprocess.run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
             capture_output=True,
         )
         shutil.rmtree(workdir, ignore_errors=True)

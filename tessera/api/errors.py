@@ -30,7 +30,7 @@ async def _starlette_error(_request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _json(
         exc.status_code,
-        {"success": False, "error": code, "message": str(exc.detail)},
+        {"success": False, "code": code, "message": str(exc.detail)},
         dict(exc.headers or {}),
     )
 
@@ -43,13 +43,18 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     ]
     return _json(
         422,
-        {"success": False, "error": "invalid_request", "message": "the request is invalid", "problems": problems},
+        {
+            "success": False,
+            "code": "invalid_request",
+            "message": "the request is invalid",
+            "problems": problems,
+        },
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     event(log, logging.ERROR, "http.unhandled_error", path=request.url.path, error=repr(exc)[:300])
-    return _json(500, {"success": False, "error": "internal_error", "message": "internal error"})
+    return _json(500, {"success": False, "code": "internal_error", "message": "internal error"})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ instead of queueing, so memory stays bounded under overload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -126,7 +127,9 @@ class EventLogWriter:
                 return None
             taken: list[_Pending] = []
             count = 0
-            while self._queue and (not taken or count + len(self._queue[0].rows) <= self._max_commit_events):
+            while self._queue and (
+                not taken or count + len(self._queue[0].rows) <= self._max_commit_events
+            ):
                 item = self._queue.popleft()
                 taken.append(item)
                 count += len(item.rows)
@@ -158,8 +161,16 @@ class EventLogWriter:
                 for item in group:
                     self._commit([item])
                 return
-            event(log, logging.ERROR, "eventlog.commit_failed", events=len(rows), error=str(exc.orig or exc)[:300] if hasattr(exc, "orig") else str(exc)[:300])
-            _resolve(group[0], ServiceUnavailable("the event log could not be written; retry shortly"))
+            event(
+                log,
+                logging.ERROR,
+                "eventlog.commit_failed",
+                events=len(rows),
+                error=str(exc.orig or exc)[:300] if hasattr(exc, "orig") else str(exc)[:300],
+            )
+            _resolve(
+                group[0], ServiceUnavailable("the event log could not be written; retry shortly")
+            )
             return
         self.stats.commits += 1
         self.stats.committed_events += len(rows)
@@ -179,7 +190,6 @@ def _resolve(item: _Pending, error: BaseException | None) -> None:
         else:
             item.future.set_exception(error)
 
-    try:
+    # The request's loop may be gone (server shutting down): nobody is waiting then.
+    with contextlib.suppress(RuntimeError):
         item.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the request's loop is gone (server shutting down)
-        pass

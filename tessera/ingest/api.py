@@ -121,7 +121,9 @@ class _Handlers:
             try:
                 source = await anyio.to_thread.run_sync(cache.load, write_key)
             except sa.exc.SQLAlchemyError:
-                raise ServiceUnavailable("the store cannot be reached to check the write key") from None
+                raise ServiceUnavailable(
+                    "the store cannot be reached to check the write key"
+                ) from None
         if source is None:
             raise Unauthorized(f"the write key {write_key[:6]!r}… is not known")
         if not source.enabled:
@@ -194,7 +196,9 @@ class _Handlers:
                     )
                 )
             except MessageError as exc:
-                rejected.append({"index": index, "messageId": _message_id(item), "reason": exc.reason})
+                rejected.append(
+                    {"index": index, "messageId": _message_id(item), "reason": exc.reason}
+                )
         await self.context.writer.append(rows)
         if rejected:
             raise _rejection(

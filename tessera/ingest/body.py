@@ -49,10 +49,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)
-        if inflater is None:
-            piece = chunk
-        else:
-            piece = _inflate(inflater, chunk, limit - size)
+        piece = chunk if inflater is None else _inflate(inflater, chunk, limit - size)
         size += len(piece)
         if size > limit:
             raise _too_large(limit, "the decompressed request body")

@@ -7,7 +7,7 @@ The rules are the Segment HTTP Tracking API's:
 - `timestamp`, `originalTimestamp` and `sentAt` are ISO-8601 strings when present.
 
 Timestamps are corrected for client clock skew as Segment does:
-`timestamp = receivedAt − (sentAt − originalTimestamp)`. Nothing is rejected for skew.
+`timestamp = receivedAt - (sentAt - originalTimestamp)`. Nothing is rejected for skew.
 A message that breaks a rule raises `MessageError` with a reason naming the field.
 """
 
@@ -46,7 +46,9 @@ def _identifier(message: dict[str, Any], field: str, *, required: bool = False) 
         raise MessageError(f"{field!r} must be a string, got {_kind(value)}")
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID_LENGTH:
-        raise MessageError(f"{field!r} is {len(text)} characters long; the limit is {MAX_ID_LENGTH}")
+        raise MessageError(
+            f"{field!r} is {len(text)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
     if "\x00" in text:
         raise MessageError(f"{field!r} contains a NUL character")
     if not isinstance(value, str):
@@ -100,7 +102,9 @@ def corrected_timestamp(
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _unencodable(exc: orjson.JSONEncodeError) -> MessageError:
@@ -120,6 +124,37 @@ def _kind(value: Any) -> str:
         list: "an array",
         dict: "an object",
     }.get(type(value), type(value).__name__)
+
+
+def _message_type(message: dict[str, Any], from_path: str | None) -> str:
+    kind = from_path or message.get("type")
+    if kind is None:
+        raise MessageError("the message has no 'type'; expected one of " + ", ".join(MESSAGE_TYPES))
+    if kind not in MESSAGE_TYPES:
+        raise MessageError(f"'type' {str(kind)[:32]!r} is not one of " + ", ".join(MESSAGE_TYPES))
+    message["type"] = kind
+    return str(kind)
+
+
+def _check_objects(
+    message: dict[str, Any],
+    batch_context: dict[str, Any] | None,
+    batch_integrations: dict[str, Any] | None,
+) -> None:
+    """Object fields are objects (null means absent); a batch's defaults are merged in."""
+    for field in OBJECT_FIELDS:
+        value = message.get(field)
+        if value is None:
+            message.pop(field, None)
+        elif not isinstance(value, dict):
+            raise MessageError(f"{field!r} must be an object, got {_kind(value)}")
+    if batch_context:
+        message["context"] = {**batch_context, **message.get("context", {})}
+    if batch_integrations:
+        message["integrations"] = {**batch_integrations, **message.get("integrations", {})}
+    context_traits = message.get("context", {}).get("traits")
+    if context_traits is not None and not isinstance(context_traits, dict):
+        raise MessageError(f"'context.traits' must be an object, got {_kind(context_traits)}")
 
 
 def normalise_message(
@@ -148,28 +183,8 @@ def normalise_message(
 
     message = dict(raw)
     message.pop("writeKey", None)
-    kind = message_type or message.get("type")
-    if kind is None:
-        raise MessageError("the message has no 'type'; expected one of " + ", ".join(MESSAGE_TYPES))
-    if kind not in MESSAGE_TYPES:
-        raise MessageError(
-            f"'type' {str(kind)[:32]!r} is not one of " + ", ".join(MESSAGE_TYPES)
-        )
-    message["type"] = kind
-
-    for field in OBJECT_FIELDS:
-        value = message.get(field)
-        if value is None:
-            message.pop(field, None)
-        elif not isinstance(value, dict):
-            raise MessageError(f"{field!r} must be an object, got {_kind(value)}")
-    if batch_context:
-        message["context"] = {**batch_context, **message.get("context", {})}
-    if batch_integrations:
-        message["integrations"] = {**batch_integrations, **message.get("integrations", {})}
-    context_traits = message.get("context", {}).get("traits")
-    if context_traits is not None and not isinstance(context_traits, dict):
-        raise MessageError(f"'context.traits' must be an object, got {_kind(context_traits)}")
+    kind = _message_type(message, message_type)
+    _check_objects(message, batch_context, batch_integrations)
 
     user_id = _identifier(message, "userId", required=kind == "alias")
     anonymous_id = _identifier(message, "anonymousId")

@@ -88,4 +88,6 @@ def describe(engine: Engine) -> str:
 
 def _reason(exc: sa.exc.SQLAlchemyError) -> str:
     original = getattr(exc, "orig", None)
-    return str(original or exc).strip().splitlines()[0] if str(original or exc).strip() else repr(exc)
+    return (
+        str(original or exc).strip().splitlines()[0] if str(original or exc).strip() else repr(exc)
+    )

@@ -52,7 +52,9 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     try:
         with engine.connect() as conn, _migration_lock(conn):
             before = current_revision(conn)
-            known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+            known = {
+                script.revision for script in ScriptDirectory.from_config(config).walk_revisions()
+            }
             if before is not None and before not in known:
                 raise MigrationError(
                     f"the database {describe(engine)} is at schema revision {before!r}, which "

@@ -22,9 +22,13 @@ from tessera.store import create_store_engine
 TESSERA = [sys.executable, "-m", "tessera"]
 
 
-def run(store_url: str, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    store_url: str, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "TESSERA_DATABASE_URL": store_url, "COLUMNS": "200", **env}
-    result = subprocess.run([*TESSERA, *args], capture_output=True, text=True, env=environment, timeout=60)
+    result = subprocess.run(
+        [*TESSERA, *args], check=False, capture_output=True, text=True, env=environment, timeout=60
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -48,7 +52,9 @@ def test_source_lifecycle(store_url: str) -> None:
         (("source", "create", " "), "1 to 200 characters"),
     ],
 )
-def test_cli_errors_exit_non_zero_with_the_reason(store_url: str, args: tuple[str, ...], fragment: str) -> None:
+def test_cli_errors_exit_non_zero_with_the_reason(
+    store_url: str, args: tuple[str, ...], fragment: str
+) -> None:
     result = run(store_url, *args, check=False)
     assert result.returncode == 1
     assert fragment in result.stderr
@@ -75,7 +81,9 @@ def test_migrate_reports_what_it_did(tmp_path: Path) -> None:
         ({"TESSERA_DATABASE_URL": "sqlite:////no/such/dir/t.db"}, "does not exist"),
     ],
 )
-def test_bad_settings_stop_serve_with_the_reason(tmp_path: Path, env: dict[str, str], fragment: str) -> None:
+def test_bad_settings_stop_serve_with_the_reason(
+    tmp_path: Path, env: dict[str, str], fragment: str
+) -> None:
     result = run(f"sqlite:///{tmp_path / 't.db'}", "serve", check=False, **env)
     assert result.returncode == 1
     assert fragment in result.stderr
@@ -102,8 +110,15 @@ def _free_port() -> int:
 @pytest.fixture
 def served(store_url: str) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
     port = _free_port()
-    env = {**os.environ, "TESSERA_DATABASE_URL": store_url, "TESSERA_PORT": str(port), "COLUMNS": "300"}
-    process = subprocess.Popen([*TESSERA, "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "TESSERA_DATABASE_URL": store_url,
+        "TESSERA_PORT": str(port),
+        "COLUMNS": "300",
+    }
+    process = subprocess.Popen(
+        [*TESSERA, "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         lines: list[str] = []
         assert process.stdout is not None
@@ -125,20 +140,29 @@ def served(store_url: str) -> Iterator[tuple[subprocess.Popen[str], list[str], s
         process.wait(20)
 
 
-def test_serve_prints_url_key_and_a_curl_that_works(served: tuple[subprocess.Popen[str], list[str], str], store_url: str) -> None:
-    process, lines, url = served
+def test_serve_prints_url_key_and_a_curl_that_works(
+    served: tuple[subprocess.Popen[str], list[str], str], store_url: str
+) -> None:
+    _process, lines, url = served
     text = "\n".join(lines)
     assert f"running at {url}" in text
     key = next(line.split(":", 1)[1].strip() for line in lines if "write key:" in line)
     curl = next(line.strip() for line in lines if line.lstrip().startswith("curl "))
     assert key in curl
     if shutil.which("curl"):
-        result = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            shlex.split(curl), check=False, capture_output=True, text=True, timeout=30
+        )
         assert result.stdout == '{"success":true}', result.stderr
     else:  # pragma: no cover - curl is nearly everywhere; fall back to the same request
         words = shlex.split(curl)
         body = words[words.index("-d") + 1]
-        response = httpx.post(f"{url}/v1/track", auth=(key, ""), content=body, headers={"Content-Type": "application/json"})
+        response = httpx.post(
+            f"{url}/v1/track",
+            auth=(key, ""),
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
         assert response.json() == {"success": True}
     engine = create_store_engine(store_url)
     with engine.connect() as conn:
@@ -150,10 +174,16 @@ def test_serve_prints_url_key_and_a_curl_that_works(served: tuple[subprocess.Pop
     assert ready["event_log"]["head_seq"] >= 1
 
 
-def test_serve_stops_cleanly_and_keeps_acknowledged_events(served: tuple[subprocess.Popen[str], list[str], str], store_url: str) -> None:
+def test_serve_stops_cleanly_and_keeps_acknowledged_events(
+    served: tuple[subprocess.Popen[str], list[str], str], store_url: str
+) -> None:
     process, lines, url = served
     key = next(line.split(":", 1)[1].strip() for line in lines if "write key:" in line)
-    batch = {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": str(i)} for i in range(500)]}
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "E", "messageId": str(i)} for i in range(500)
+        ]
+    }
     assert httpx.post(f"{url}/v1/batch", json=batch, auth=(key, "")).status_code == 200
     process.terminate()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why.

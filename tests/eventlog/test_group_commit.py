@@ -52,7 +52,9 @@ def wait_for_queue(live: LiveTessera, expected: int) -> None:
 
 @pytest.fixture
 def small_queue(settings: Settings, engine: Engine) -> Iterator[LiveTessera]:
-    tuned = settings.model_copy(update={"ingest_queue_max_events": 5, "ingest_commit_timeout_seconds": 60})
+    tuned = settings.model_copy(
+        update={"ingest_queue_max_events": 5, "ingest_commit_timeout_seconds": 60}
+    )
     yield from start_live(tuned, engine)
 
 
@@ -61,7 +63,9 @@ def test_full_queue_answers_429_with_retry_after_and_recovers(small_queue: LiveT
     batch = {"batch": [{"type": "track", "userId": "u", "event": f"E{i}"} for i in range(5)]}
 
     async def scenario() -> tuple[int, httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(base_url=live.url, auth=(live.write_key, ""), timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=live.url, auth=(live.write_key, ""), timeout=60
+        ) as client:
             with write_lock(live.engine):
                 waiting = asyncio.create_task(client.post("/v1/batch", json=batch))
                 await asyncio.to_thread(wait_for_queue, live, 5)
@@ -85,10 +89,14 @@ def test_full_queue_answers_429_with_retry_after_and_recovers(small_queue: LiveT
 
 def test_concurrent_single_calls_share_transactions(live: LiveTessera) -> None:
     async def scenario() -> list[int]:
-        async with httpx.AsyncClient(base_url=live.url, auth=(live.write_key, ""), timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=live.url, auth=(live.write_key, ""), timeout=60
+        ) as client:
             with write_lock(live.engine):
                 tasks = [
-                    asyncio.create_task(client.post("/v1/track", json={"userId": f"u{i}", "event": "E"}))
+                    asyncio.create_task(
+                        client.post("/v1/track", json={"userId": f"u{i}", "event": "E"})
+                    )
                     for i in range(40)
                 ]
                 await asyncio.to_thread(wait_for_queue, live, 40)

@@ -16,7 +16,13 @@ def test_duplicate_message_is_acknowledged_and_stored_once(live: LiveTessera) ->
     message = {"userId": "u", "event": "E", "messageId": "dup-1"}
     assert post(live, "/v1/track", message).status_code == 200
     assert post(live, "/v1/track", {**message, "event": "Changed"}).status_code == 200
-    batch = {"batch": [{**message, "type": "track"}, {**message, "type": "track"}, {"type": "track", "userId": "u", "event": "New", "messageId": "dup-2"}]}
+    batch = {
+        "batch": [
+            {**message, "type": "track"},
+            {**message, "type": "track"},
+            {"type": "track", "userId": "u", "event": "New", "messageId": "dup-2"},
+        ]
+    }
     assert post(live, "/v1/batch", batch).status_code == 200
     rows = stored(live)
     assert [(r["message_id"], r["name"]) for r in rows] == [("dup-1", "E"), ("dup-2", "New")]
@@ -52,11 +58,17 @@ def test_timestamp_is_corrected_for_client_clock_skew(live: LiveTessera) -> None
     [row] = stored(live)
     expected = row["received_at"] - timedelta(seconds=5)
     assert abs(row["timestamp"] - expected) < timedelta(milliseconds=2)
-    assert row["original_timestamp"] == original.replace(microsecond=original.microsecond // 1000 * 1000) or abs(row["original_timestamp"] - original) < timedelta(milliseconds=1)
+    assert row["original_timestamp"] == original.replace(
+        microsecond=original.microsecond // 1000 * 1000
+    ) or abs(row["original_timestamp"] - original) < timedelta(milliseconds=1)
     assert abs(row["sent_at"] - client_now) < timedelta(milliseconds=1)
     payload = row["payload"]
-    assert payload["originalTimestamp"] == original.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    assert datetime.fromisoformat(payload["timestamp"]) == row["timestamp"].replace(microsecond=row["timestamp"].microsecond // 1000 * 1000)
+    assert payload["originalTimestamp"] == original.isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+    assert datetime.fromisoformat(payload["timestamp"]) == row["timestamp"].replace(
+        microsecond=row["timestamp"].microsecond // 1000 * 1000
+    )
 
 
 def test_batch_sent_at_applies_to_items(live: LiveTessera) -> None:
@@ -64,20 +76,40 @@ def test_batch_sent_at_applies_to_items(live: LiveTessera) -> None:
     body = {
         "sentAt": _iso(client_now),
         "batch": [
-            {"type": "track", "userId": "u", "event": "A", "timestamp": _iso(client_now - timedelta(minutes=10))},
-            {"type": "track", "userId": "u", "event": "B", "timestamp": _iso(client_now - timedelta(minutes=1)), "sentAt": _iso(client_now - timedelta(seconds=30))},
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "A",
+                "timestamp": _iso(client_now - timedelta(minutes=10)),
+            },
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "B",
+                "timestamp": _iso(client_now - timedelta(minutes=1)),
+                "sentAt": _iso(client_now - timedelta(seconds=30)),
+            },
         ],
     }
     assert post(live, "/v1/batch", body).status_code == 200
     first, second = stored(live)
-    assert abs(first["timestamp"] - (first["received_at"] - timedelta(minutes=10))) < timedelta(milliseconds=2)
+    assert abs(first["timestamp"] - (first["received_at"] - timedelta(minutes=10))) < timedelta(
+        milliseconds=2
+    )
     # An item's own sentAt wins over the batch's.
-    assert abs(second["timestamp"] - (second["received_at"] - timedelta(seconds=30))) < timedelta(milliseconds=2)
+    assert abs(second["timestamp"] - (second["received_at"] - timedelta(seconds=30))) < timedelta(
+        milliseconds=2
+    )
 
 
 def test_without_sent_at_the_client_timestamp_is_kept(live: LiveTessera) -> None:
     historical = datetime(2019, 5, 1, 12, 0, tzinfo=UTC)
-    assert post(live, "/v1/track", {"userId": "u", "event": "Import", "timestamp": _iso(historical)}).status_code == 200
+    assert (
+        post(
+            live, "/v1/track", {"userId": "u", "event": "Import", "timestamp": _iso(historical)}
+        ).status_code
+        == 200
+    )
     [row] = stored(live)
     assert row["timestamp"] == historical
     assert row["sent_at"] is None
@@ -92,10 +124,18 @@ def test_without_any_client_time_timestamp_is_received_at(live: LiveTessera) -> 
 
 @pytest.mark.parametrize(
     "stamp",
-    ["2026-11-22T10:00:00+05:30", "2026-11-22T04:30:00Z", "2026-11-22T04:30:00.000000+00:00", "2026-11-22T04:30:00"],
+    [
+        "2026-11-22T10:00:00+05:30",
+        "2026-11-22T04:30:00Z",
+        "2026-11-22T04:30:00.000000+00:00",
+        "2026-11-22T04:30:00",
+    ],
 )
 def test_timezones_are_normalised_to_utc(live: LiveTessera, stamp: str) -> None:
-    assert post(live, "/v1/track", {"userId": "u", "event": "E", "timestamp": stamp}).status_code == 200
+    assert (
+        post(live, "/v1/track", {"userId": "u", "event": "E", "timestamp": stamp}).status_code
+        == 200
+    )
     [row] = stored(live)
     assert row["timestamp"] == datetime(2026, 11, 22, 4, 30, tzinfo=UTC)
 

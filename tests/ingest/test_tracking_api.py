@@ -24,7 +24,11 @@ MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("path", [p for p, kind in ROUTES.items() if kind] + [s for s, t in SHORT_ROUTES.items() if t != "batch"])
+@pytest.mark.parametrize(
+    "path",
+    [p for p, kind in ROUTES.items() if kind]
+    + [s for s, t in SHORT_ROUTES.items() if t != "batch"],
+)
 def test_every_single_call_path_stores_its_type(live: LiveTessera, path: str) -> None:
     kind = ROUTES.get(path) or SHORT_ROUTES[path]
     response = post(live, f"/v1/{path}", {**MESSAGES[kind], "messageId": f"m-{path}"})
@@ -66,7 +70,9 @@ def test_payload_keeps_full_detail(live: LiveTessera) -> None:
 
 
 def test_write_key_in_body_is_accepted_and_not_stored(live: LiveTessera) -> None:
-    response = post(live, "/v1/track", {"writeKey": live.write_key, "userId": "u", "event": "E"}, auth=None)
+    response = post(
+        live, "/v1/track", {"writeKey": live.write_key, "userId": "u", "event": "E"}, auth=None
+    )
     assert response.status_code == 200, response.text
     batch = {"writeKey": live.write_key, "batch": [{"type": "track", "userId": "u", "event": "F"}]}
     assert post(live, "/v1/batch", batch, auth=None).status_code == 200
@@ -85,11 +91,17 @@ def test_write_key_in_body_is_accepted_and_not_stored(live: LiveTessera) -> None
     ],
 )
 def test_missing_or_bad_write_key_is_401_and_nothing_is_stored(
-    live: LiveTessera, auth: tuple[str, str] | None, headers: dict[str, str], status: int, fragment: str
+    live: LiveTessera,
+    auth: tuple[str, str] | None,
+    headers: dict[str, str],
+    status: int,
+    fragment: str,
 ) -> None:
     response = post(live, "/v1/track", {"userId": "u", "event": "E"}, auth=auth, headers=headers)
     assert response.status_code == status
     assert fragment in response.json()["message"]
+    # Segment's Python SDKs read `code`; without it they retry a permanent error.
+    assert response.json()["code"] == "unauthorized"
     assert stored(live) == []
 
 
@@ -101,7 +113,9 @@ def test_disabled_source_is_refused(live: LiveTessera) -> None:
     from tests.live_server import serve_in_thread
 
     with serve_in_thread(create_app(live.settings, engine=live.engine)) as url:
-        response = httpx.post(f"{url}/v1/track", auth=(live.write_key, ""), json={"userId": "u", "event": "E"})
+        response = httpx.post(
+            f"{url}/v1/track", auth=(live.write_key, ""), json={"userId": "u", "event": "E"}
+        )
     assert response.status_code == 403
     assert "disabled" in response.json()["message"]
     assert stored(live) == []
@@ -109,7 +123,10 @@ def test_disabled_source_is_refused(live: LiveTessera) -> None:
 
 def test_text_plain_and_gzip_bodies_are_read(live: LiveTessera) -> None:
     body = b'{"userId": "u", "event": "Plain", "messageId": "p"}'
-    assert post(live, "/v1/track", content=body, headers={"Content-Type": "text/plain"}).status_code == 200
+    assert (
+        post(live, "/v1/track", content=body, headers={"Content-Type": "text/plain"}).status_code
+        == 200
+    )
     zipped = gzip.compress(b'{"batch": [{"type": "track", "userId": "u", "event": "Zipped"}]}')
     response = post(
         live,
@@ -182,7 +199,13 @@ def test_batch_context_and_integrations_are_merged_into_items(live: LiveTessera)
         "integrations": {"All": False},
         "batch": [
             {"type": "track", "userId": "u", "event": "A"},
-            {"type": "track", "userId": "u", "event": "B", "context": {"ip": "1.1.1.1"}, "integrations": {"Mixpanel": True}},
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "B",
+                "context": {"ip": "1.1.1.1"},
+                "integrations": {"Mixpanel": True},
+            },
         ],
     }
     assert post(live, "/v1/batch", body).status_code == 200
@@ -197,7 +220,7 @@ def test_unknown_paths_and_methods_are_clear(live: LiveTessera) -> None:
     assert httpx.post(f"{live.url}/v1/nope").status_code == 404
     response = httpx.get(f"{live.url}/v1/track")
     assert response.status_code == 405
-    assert response.json()["error"] == "method_not_allowed"
+    assert response.json()["code"] == "method_not_allowed"
 
 
 def test_received_at_is_the_server_clock(live: LiveTessera) -> None:

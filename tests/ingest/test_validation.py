@@ -16,23 +16,47 @@ from tests.ingest.helpers import post, stored
     ("path", "message", "reason"),
     [
         ("track", {"event": "E"}, "needs a 'userId' or an 'anonymousId'"),
-        ("track", {"userId": "", "anonymousId": None, "event": "E"}, "needs a 'userId' or an 'anonymousId'"),
+        (
+            "track",
+            {"userId": "", "anonymousId": None, "event": "E"},
+            "needs a 'userId' or an 'anonymousId'",
+        ),
         ("track", {"userId": "u"}, "track needs 'event'"),
         ("track", {"userId": "u", "event": 12}, "'event' must be a string, got a number"),
         ("group", {"userId": "u"}, "group needs 'groupId'"),
         ("alias", {"userId": "u"}, "alias needs 'previousId'"),
         ("alias", {"anonymousId": "a", "previousId": "p"}, "alias needs 'userId'"),
-        ("track", {"userId": "u", "event": "E", "properties": [1, 2]}, "'properties' must be an object, got an array"),
+        (
+            "track",
+            {"userId": "u", "event": "E", "properties": [1, 2]},
+            "'properties' must be an object, got an array",
+        ),
         ("identify", {"userId": "u", "traits": "x"}, "'traits' must be an object, got a string"),
-        ("identify", {"userId": "u", "context": {"traits": 5}}, "'context.traits' must be an object"),
+        (
+            "identify",
+            {"userId": "u", "context": {"traits": 5}},
+            "'context.traits' must be an object",
+        ),
         ("track", {"userId": {"id": 1}, "event": "E"}, "'userId' must be a string, got an object"),
         ("track", {"userId": True, "event": "E"}, "'userId' must be a string, got a boolean"),
         ("track", {"userId": "u" * 256, "event": "E"}, "the limit is 255"),
         ("track", {"userId": "u\u0000", "event": "E"}, "NUL character"),
         ("track", {"userId": "u", "event": "E\u0000"}, "NUL character"),
-        ("track", {"userId": "u", "event": "E", "timestamp": "yesterday"}, "'timestamp' is not an ISO-8601"),
-        ("track", {"userId": "u", "event": "E", "timestamp": 1700000000}, "'timestamp' must be an ISO-8601 string"),
-        ("track", {"userId": "u", "event": "E", "sentAt": "2026-13-45T00:00:00Z"}, "'sentAt' is not an ISO-8601"),
+        (
+            "track",
+            {"userId": "u", "event": "E", "timestamp": "yesterday"},
+            "'timestamp' is not an ISO-8601",
+        ),
+        (
+            "track",
+            {"userId": "u", "event": "E", "timestamp": 1700000000},
+            "'timestamp' must be an ISO-8601 string",
+        ),
+        (
+            "track",
+            {"userId": "u", "event": "E", "sentAt": "2026-13-45T00:00:00Z"},
+            "'sentAt' is not an ISO-8601",
+        ),
     ],
 )
 def test_invalid_single_message_is_400_with_reason(
@@ -99,7 +123,9 @@ def test_empty_batch_is_accepted(live: LiveTessera) -> None:
 
 
 def test_message_over_32kb_is_413(live: LiveTessera) -> None:
-    response = post(live, "/v1/track", {"userId": "u", "event": "E", "properties": {"x": "y" * 33_000}})
+    response = post(
+        live, "/v1/track", {"userId": "u", "event": "E", "properties": {"x": "y" * 33_000}}
+    )
     assert response.status_code == 413
     assert "32768 bytes" in response.json()["message"]
 
@@ -128,7 +154,9 @@ def test_batch_over_2500_messages_is_400(live: LiveTessera) -> None:
 
 
 def test_batch_of_exactly_2500_is_accepted(live: LiveTessera) -> None:
-    batch = [{"type": "track", "userId": "u", "event": "E", "messageId": str(i)} for i in range(2500)]
+    batch = [
+        {"type": "track", "userId": "u", "event": "E", "messageId": str(i)} for i in range(2500)
+    ]
     assert post(live, "/v1/batch", {"batch": batch}).status_code == 200
     assert len(stored(live)) == 2500
 
@@ -148,7 +176,9 @@ def _gzip_bomb(decompressed_size: int) -> bytes:
 def test_gzip_bomb_is_413_without_inflating_it(live: LiveTessera) -> None:
     bomb = _gzip_bomb(1 << 30)  # 1 GiB of spaces in about 1 MB
     assert len(bomb) < 2 << 20
-    response = post(live, "/v1/batch", content=bomb[: 400 * 1024], headers={"Content-Encoding": "gzip"})
+    response = post(
+        live, "/v1/batch", content=bomb[: 400 * 1024], headers={"Content-Encoding": "gzip"}
+    )
     assert response.status_code == 413
     assert "decompressed" in response.json()["message"]
 
@@ -169,19 +199,29 @@ def test_deeply_nested_message_is_400(live: LiveTessera) -> None:
     assert response.status_code == 400
     assert "nests deeper" in response.json()["rejected"][0]["reason"]
     too_deep = b'{"userId": "u", "event": "E", "properties": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    response = post(live, "/v1/track", content=too_deep, headers={"Content-Type": "application/json"})
+    response = post(
+        live, "/v1/track", content=too_deep, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
 
 
 def test_odd_unicode_is_kept_exactly(live: LiveTessera) -> None:
     odd = "zero\u200bwidth \U0001f600 rtl\u202e \ufeff combining e\u0301 \u0007bell"
-    assert post(live, "/v1/track", {"userId": odd, "event": odd, "properties": {odd: odd}}).status_code == 200
+    assert (
+        post(live, "/v1/track", {"userId": odd, "event": odd, "properties": {odd: odd}}).status_code
+        == 200
+    )
     [row] = stored(live)
     assert row["user_id"] == odd and row["name"] == odd
     assert row["payload"]["properties"] == {odd: odd}
 
 
 def test_nul_inside_properties_is_kept(live: LiveTessera) -> None:
-    assert post(live, "/v1/track", {"userId": "u", "event": "E", "properties": {"k": "a\u0000b"}}).status_code == 200
+    assert (
+        post(
+            live, "/v1/track", {"userId": "u", "event": "E", "properties": {"k": "a\u0000b"}}
+        ).status_code
+        == 200
+    )
     [row] = stored(live)
     assert row["payload"]["properties"]["k"] == "a\u0000b"

@@ -39,12 +39,17 @@ def test_failed_migration_names_the_cause(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM alembic_version"))
     # The tables exist but the version says empty: creating them again must fail loudly.
-    with pytest.raises(MigrationError, match="migrating the database .* failed: .*sources"):
+    with pytest.raises(MigrationError, match=r"migrating the database .* failed: .*sources"):
         upgrade(engine)
 
 
 def test_utc_datetimes_round_trip(engine: Engine) -> None:
-    table = sa.Table("t_times", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("at", UtcDateTime))
+    table = sa.Table(
+        "t_times",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("at", UtcDateTime),
+    )
     table.create(engine)
     moments = [
         datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC),
