@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from tessera import __version__
 from tessera.config import Settings
 from tessera.errors import TesseraError
+from tessera.ingest.sources import Source
 from tessera.logs import configure_logging
 
 app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
@@ -117,10 +118,11 @@ def serve(
     with _errors():
         engine = _migrated_engine(settings)
         with engine.begin() as conn:
-            enabled = [source for source in list_sources(conn) if source.enabled]
-            if not enabled:
-                enabled = [create_source(conn, name="default")]
-    _banner(settings, enabled[0].name, enabled[0].write_key)
+            sources = list_sources(conn)
+            if not sources:
+                sources = [create_source(conn, name="default")]
+    enabled = [source for source in sources if source.enabled]
+    _banner(settings, enabled[0] if enabled else None)
     application = create_app(settings, engine=engine)
     uvicorn.run(
         application,
@@ -132,16 +134,22 @@ def serve(
     )
 
 
-def _banner(settings: Settings, source_name: str, write_key: str) -> None:
+def _banner(settings: Settings, source: Source | None) -> None:
     url = settings.base_url
+    out.print(f"[bold]Tessera {__version__}[/] is running at [bold]{url}[/]")
+    out.print(f"  store:     {settings.database_url}")
+    if source is None:
+        out.print(
+            "  no source is enabled: `tessera source enable NAME` or `tessera source create NAME`"
+        )
+        return
+    write_key = source.write_key
     body = '{"userId": "user-1", "event": "Signed Up", "properties": {"plan": "trial"}}'
     curl = (
         f"curl -u {shlex.quote(write_key + ':')} {url}/v1/track "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
-    out.print(f"[bold]Tessera {__version__}[/] is running at [bold]{url}[/]")
-    out.print(f"  store:     {settings.database_url}")
-    out.print(f"  source:    {source_name}")
+    out.print(f"  source:    {source.name}")
     out.print(f"  write key: {write_key}")
     out.print("Send a test event:")
     out.print(f"  {curl}", markup=False)

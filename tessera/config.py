@@ -71,6 +71,15 @@ class Settings(BaseSettings):
             "Retry-After. Bounds the memory the write path may use."
         ),
     )
+    ingest_max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Bytes of request bodies the tracking API reads and parses at once. Each request "
+            "reserves its size limit (or its Content-Length) before reading; past this, "
+            "requests get 429 with Retry-After, so concurrent uploads cannot exhaust memory."
+        ),
+    )
     ingest_commit_max_events: int = Field(
         default=5_000,
         gt=0,

@@ -22,7 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tessera.config import Settings
-from tessera.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
+from tessera.errors import (
+    BadRequest,
+    Forbidden,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from tessera.eventlog import EventLogWriter, NewEvent
 from tessera.ingest.body import parse_json_object, read_body
 from tessera.ingest.messages import MessageError, normalise_message, parse_timestamp
@@ -70,6 +76,37 @@ class IngestContext:
     write_keys: WriteKeyCache
 
 
+class InflightBudget:
+    """Bytes of bodies being read and parsed right now, bounded.
+
+    Only touched from the event loop's thread, so a plain counter is enough.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.refused = 0
+
+    def reserve(self, request: Request, body_limit: int) -> int:
+        declared = request.headers.get("content-length", "")
+        gzipped = "gzip" in request.headers.get("content-encoding", "")
+        size = body_limit
+        if declared.isdigit() and not gzipped:
+            size = min(int(declared), body_limit)
+        if self.used and self.used + size > self.limit:
+            self.refused += 1
+            raise TooManyRequests(
+                f"{self.used} bytes of requests are being read, the limit is {self.limit}; "
+                "retry after the Retry-After delay",
+                retry_after=1,
+            )
+        self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
 def _rejection(message: str, rejected: list[dict[str, Any]], accepted: int) -> BadRequest:
     return BadRequest(message, fields={"accepted": accepted, "rejected": rejected})
 
@@ -106,6 +143,14 @@ class _Handlers:
     def __init__(self, context: IngestContext) -> None:
         self.context = context
         self.settings = context.settings
+        self.inflight = InflightBudget(context.settings.ingest_max_inflight_bytes)
+
+    async def _read(self, request: Request, limit: int) -> dict[str, Any]:
+        reserved = self.inflight.reserve(request, limit)
+        try:
+            return parse_json_object(await read_body(request, limit=limit))
+        finally:
+            self.inflight.release(reserved)
 
     async def source(self, write_key: Any) -> Source:
         if write_key is None or write_key == "":
@@ -133,8 +178,7 @@ class _Handlers:
     async def single(self, request: Request, message_type: str) -> Response:
         header_key = _basic_auth_key(request)
         source = await self.source(header_key) if header_key else None
-        body = await read_body(request, limit=self.settings.ingest_max_message_bytes)
-        data = parse_json_object(body)
+        data = await self._read(request, self.settings.ingest_max_message_bytes)
         if source is None:
             source = await self.source(data.get("writeKey"))
         try:
@@ -158,8 +202,7 @@ class _Handlers:
         settings = self.settings
         header_key = _basic_auth_key(request)
         source = await self.source(header_key) if header_key else None
-        body = await read_body(request, limit=settings.ingest_max_batch_bytes)
-        data = parse_json_object(body)
+        data = await self._read(request, settings.ingest_max_batch_bytes)
         if source is None:
             source = await self.source(data.get("writeKey"))
         items = data.get("batch")

@@ -194,3 +194,20 @@ def test_serve_stops_cleanly_and_keeps_acknowledged_events(
     with engine.connect() as conn:
         assert len(list_events(conn, limit=1000)) == 500
     engine.dispose()
+
+
+def test_serve_with_only_disabled_sources_says_how_to_fix_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run(url, "source", "create", "default")
+    run(url, "source", "disable", "default")
+    port = _free_port()
+    env = {**os.environ, "TESSERA_DATABASE_URL": url, "TESSERA_PORT": str(port)}
+    process = subprocess.Popen([*TESSERA, "serve"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert "no source is enabled" in lines[2]
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(20)

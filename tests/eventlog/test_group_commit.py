@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -108,3 +108,40 @@ def test_concurrent_single_calls_share_transactions(live: LiveTessera) -> None:
     # The first request may be taken alone before the rest arrive; the others share one commit.
     assert status["commits"] <= 3, status
     assert status["committed_events"] == 40
+
+
+@pytest.fixture
+def small_inflight(settings: Settings, engine: Engine) -> Iterator[LiveTessera]:
+    tuned = settings.model_copy(update={"ingest_max_inflight_bytes": 40_000})
+    yield from start_live(tuned, engine)
+
+
+def test_bodies_being_read_are_bounded_by_the_inflight_budget(small_inflight: LiveTessera) -> None:
+    """A slow upload holds its reservation; others beyond the budget get 429, not memory."""
+    live = small_inflight
+
+    async def scenario() -> tuple[int, httpx.Response, int]:
+        release = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b'{"batch": ['
+            await release.wait()
+            yield b'{"type": "track", "userId": "u", "event": "Slow"}]}'
+
+        async with httpx.AsyncClient(
+            base_url=live.url, auth=(live.write_key, ""), timeout=60
+        ) as client:
+            slow = asyncio.create_task(client.post("/v1/batch", content=slow_body()))
+            await asyncio.sleep(0.5)  # the slow upload now holds a 500 KB reservation
+            refused = await client.post("/v1/track", json={"userId": "u", "event": "Refused"})
+            release.set()
+            first = await slow
+            after = await client.post("/v1/track", json={"userId": "u", "event": "After"})
+            return first.status_code, refused, after.status_code
+
+    first, refused, after = asyncio.run(scenario())
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert "being read" in refused.json()["message"]
+    assert (first, after) == (200, 200)
+    assert [r["name"] for r in stored(live)] == ["Slow", "After"]
