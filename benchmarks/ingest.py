@@ -42,7 +42,7 @@ What one run does:
    pragmas (WAL, synchronous=FULL, foreign_keys=ON) and the server's statement
    (INSERT ... ON CONFLICT (source_id, message_id) DO NOTHING), by sqlite3 executemany in
    100-row transactions; server/ceiling is the ratio of the two rates. Two reference figures
-   follow: the same rows through tessera's own `append_events` (SQLAlchemy Core, 100-row
+   follow: the same rows through tessera's own `append_events` (driver executemany, 100-row
    transactions, what the writer thread runs), and raw sqlite3 in 1000-row transactions.
 4. Prints a summary against the targets (>= 20,000 events/s through /v1/batch; >= 2,000
    single calls/s with p99 <= 25 ms) with the CPU used in each window by the server (and its
@@ -872,8 +872,10 @@ def ceiling_sqlite3(database: Path, rows: Sequence[tuple[Any, ...]], per_commit:
     return len(rows) / elapsed
 
 
-def ceiling_sqlalchemy(database: Path, rows: Sequence[tuple[Any, ...]], per_commit: int) -> float:
-    """Rows/s of tessera's own `append_events` (SQLAlchemy Core) on the same rows."""
+def ceiling_append_events(
+    database: Path, rows: Sequence[tuple[Any, ...]], per_commit: int
+) -> float:
+    """Rows/s of tessera's own `append_events` (one executemany a transaction) on the rows."""
     from tessera.eventlog.service import NewEvent, append_events
     from tessera.store import create_store_engine
 
@@ -921,7 +923,7 @@ def measure_ceiling(workdir: Path, server_db: Path, like: str, limit: int) -> di
         "rows": len(rows),
         "payload_bytes": sum(len(row[10]) for row in rows) // len(rows),
         "sqlite3_100": ceiling_sqlite3(sql_db, rows, 100),
-        "sqlalchemy_100": ceiling_sqlalchemy(core_db, rows, 100),
+        "sqlalchemy_100": ceiling_append_events(core_db, rows, 100),
         "sqlite3_1000": ceiling_sqlite3(big_db, rows, 1000),
     }
 
@@ -1041,7 +1043,7 @@ def summary_lines(
             f"ceiling: the server's batch rows ({ceiling['rows']:,}, "
             f"~{ceiling['payload_bytes']} B payload) inserted directly, WAL + synchronous=FULL:",
             f"  sqlite3 executemany, 100-row transactions:    {ceiling['sqlite3_100']:,.0f} rows/s",
-            f"  tessera append_events (SQLAlchemy Core), 100: "
+            f"  tessera append_events, 100-row transactions: "
             f"{ceiling['sqlalchemy_100']:,.0f} rows/s",
             f"  sqlite3 executemany, 1000-row transactions:   "
             f"{ceiling['sqlite3_1000']:,.0f} rows/s",

@@ -20,14 +20,14 @@ from tessera.ingest.sources import WriteKeyCache
 from tessera.store import create_store_engine
 
 
-class TrackingCORS:
-    """CORS for the tracking API only: any browser page may send events to /v1/...,
-    while the management API stays same-origin."""
+class TrackingDispatch:
+    """Send /v1/... to the tracking API, with CORS so any browser page may send events;
+    everything else goes on to the management app, which stays same-origin."""
 
-    def __init__(self, app: ASGIApp, *, allow_origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, *, tracking: ASGIApp, allow_origins: list[str]) -> None:
         self.app = app
-        self.cors = CORSMiddleware(
-            app,
+        self.tracking = CORSMiddleware(
+            tracking,
             allow_origins=allow_origins,
             allow_methods=["POST", "OPTIONS"],
             allow_headers=["*"],
@@ -36,7 +36,7 @@ class TrackingCORS:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            await self.cors(scope, receive, send)
+            await self.tracking(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -73,10 +73,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.writer = writer
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer))
-    app.include_router(
-        ingest_api.create_router(
-            ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
-        )
+    tracking = ingest_api.TrackingAPI(
+        ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )
-    app.add_middleware(TrackingCORS, allow_origins=settings.cors_allow_origins)
+    app.state.tracking = tracking
+    app.add_middleware(
+        TrackingDispatch, tracking=tracking, allow_origins=settings.cors_allow_origins
+    )
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -124,6 +125,10 @@ def serve(
     enabled = [source for source in sources if source.enabled]
     _banner(settings, enabled[0] if enabled else None)
     application = create_app(settings, engine=engine)
+    # What exists now lives as long as the process: keep the collector from rescanning it.
+    # Full collections over it took ~70 ms, which set the p99 of a tracking call.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         application,
         host=settings.host,

@@ -12,7 +12,6 @@ from typing import Any, TypedDict
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tessera.eventlog.models import events
@@ -34,20 +33,67 @@ class NewEvent(TypedDict):
     payload: str
 
 
-def _insert_ignoring_duplicates(dialect_name: str) -> Any:
-    if dialect_name == "postgresql":
-        return postgresql.insert(events).on_conflict_do_nothing(
-            index_elements=["source_id", "message_id"]
-        )
-    return sqlite.insert(events).on_conflict_do_nothing(index_elements=["source_id", "message_id"])
+COLUMNS = (
+    "source_id",
+    "message_id",
+    "type",
+    "name",
+    "user_id",
+    "anonymous_id",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+    "payload",
+)
+_TIME_COLUMNS = frozenset({"timestamp", "original_timestamp", "sent_at", "received_at"})
+
+
+def _insert_sql(dialect_name: str) -> str:
+    marker = "?" if dialect_name == "sqlite" else "%s"
+    columns = ", ".join(f'"{column}"' for column in COLUMNS)
+    values = ", ".join(marker for _ in COLUMNS)
+    return (
+        f"INSERT INTO events ({columns}) VALUES ({values}) "
+        "ON CONFLICT (source_id, message_id) DO NOTHING"
+    )
+
+
+def _sqlite_time(moment: datetime | None) -> str | None:
+    """UTC wall time in the text form SQLAlchemy's SQLite DateTime reads back."""
+    return None if moment is None else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
-    """Insert `rows` (executemany), skipping duplicates; return how many were new, or -1
-    when the driver cannot tell."""
+    """Insert `rows` in one executemany, skipping duplicates; return how many were new, or
+    -1 when the driver cannot tell.
+
+    This is the ingest hot path, so it hands the driver plain tuples: on SQLite the times
+    are pre-formatted as `UtcDateTime` stores them; psycopg adapts aware datetimes itself.
+    """
     if not rows:
         return 0
-    result = conn.execute(_insert_ignoring_duplicates(conn.dialect.name), list(rows))
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        params: list[tuple[Any, ...]] = [
+            (
+                row["source_id"],
+                row["message_id"],
+                row["type"],
+                row["name"],
+                row["user_id"],
+                row["anonymous_id"],
+                _sqlite_time(row["timestamp"]),
+                _sqlite_time(row["original_timestamp"]),
+                _sqlite_time(row["sent_at"]),
+                _sqlite_time(row["received_at"]),
+                row["payload"],
+            )
+            for row in rows
+        ]
+    else:
+        params = [tuple(row[column] for column in COLUMNS) for row in rows]  # type: ignore[literal-required]
+    result = conn.exec_driver_sql(_insert_sql(dialect), params)
     return int(result.rowcount)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from tessera.errors import ServiceUnavailable, TooManyRequests
 from tessera.eventlog.service import NewEvent, append_events
@@ -64,6 +64,7 @@ class EventLogWriter:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
         self.stats = WriterStats()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -109,13 +110,21 @@ class EventLogWriter:
             self._queued_events += len(rows)
             self._queue.append(_Pending(rows, future, loop))
             self._cond.notify()
+        timer = loop.call_later(self._commit_timeout, self._expire, future)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._commit_timeout)
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"the event log did not commit within {self._commit_timeout:g}s; retry "
-                "(a retried message is deduplicated by its messageId)"
-            ) from None
+            await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[None]) -> None:
+        # The rows stay queued and may still commit; the client's retry is deduplicated.
+        if not future.done():
+            future.set_exception(
+                ServiceUnavailable(
+                    f"the event log did not commit within {self._commit_timeout:g}s; retry "
+                    "(a retried message is deduplicated by its messageId)"
+                )
+            )
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -141,55 +150,64 @@ class EventLogWriter:
                 self._commit(group)
             except Exception:  # pragma: no cover - the loop must survive anything
                 log.exception("eventlog.writer_crashed")
-                for item in group:
-                    _resolve(item, ServiceUnavailable("the event log writer failed; retry"))
+                _settle(group, ServiceUnavailable("the event log writer failed; retry"))
             finally:
                 with self._cond:
                     self._queued_events -= sum(len(item.rows) for item in group)
                     self.stats.queued_events = self._queued_events
+        self._drop_connection()
 
     def _commit(self, group: list[_Pending]) -> None:
         rows = [row for item in group for row in item.rows]
         started = time.perf_counter()
         try:
-            with self._engine.begin() as conn:
-                new = append_events(conn, rows)
+            # One connection, held by this thread: no pool checkout per commit.
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            with self._conn.begin():
+                new = append_events(self._conn, rows)
         except sa.exc.SQLAlchemyError as exc:
             self.stats.failed_commits += 1
+            self._drop_connection()
             if len(group) > 1:
                 # Isolate the failing request so one bad write cannot fail its neighbours.
                 for item in group:
                     self._commit([item])
                 return
-            event(
-                log,
-                logging.ERROR,
-                "eventlog.commit_failed",
-                events=len(rows),
-                error=str(exc.orig or exc)[:300] if hasattr(exc, "orig") else str(exc)[:300],
-            )
-            _resolve(
-                group[0], ServiceUnavailable("the event log could not be written; retry shortly")
-            )
+            error = str(getattr(exc, "orig", None) or exc)[:300]
+            event(log, logging.ERROR, "eventlog.commit_failed", events=len(rows), error=error)
+            _settle(group, ServiceUnavailable("the event log could not be written; retry shortly"))
             return
         self.stats.commits += 1
         self.stats.committed_events += len(rows)
         if new >= 0:
             self.stats.new_events += new
         self.stats.last_commit_seconds = time.perf_counter() - started
-        for item in group:
-            _resolve(item, None)
+        _settle(group, None)
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
 
 
-def _resolve(item: _Pending, error: BaseException | None) -> None:
-    def settle() -> None:
-        if item.future.done():
-            return
-        if error is None:
-            item.future.set_result(None)
-        else:
-            item.future.set_exception(error)
+def _settle(group: list[_Pending], error: BaseException | None) -> None:
+    """Resolve the futures of `group`, with one cross-thread call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for item in group:
+        by_loop.setdefault(item.loop, []).append(item.future)
 
-    # The request's loop may be gone (server shutting down): nobody is waiting then.
-    with contextlib.suppress(RuntimeError):
-        item.loop.call_soon_threadsafe(settle)
+    def settle(futures: list[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if future.done():  # timed out or cancelled meanwhile
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    for loop, futures in by_loop.items():
+        # The request's loop may be gone (server shutting down): nobody is waiting then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, futures)

@@ -10,34 +10,37 @@ import zlib
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.types import Receive
 
 from tessera.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 JSON_MEDIA_TYPES = ("application/json", "text/plain", "")
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body; nobody is left to answer."""
 
 
 def _too_large(limit: int, what: str = "the request body") -> PayloadTooLarge:
     return PayloadTooLarge(f"{what} is over the limit of {limit} bytes")
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The body, decompressed, at most `limit` bytes; raise 413/415/400 otherwise."""
-    media_type = _media_type(request)
+async def read_body(headers: dict[str, str], receive: Receive, *, limit: int) -> bytes:
+    """The body, decompressed, at most `limit` bytes; raise 413/415/400 otherwise.
+
+    `headers` holds the request's headers with lower-case names.
+    """
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in JSON_MEDIA_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"Content-Type {media_type!r} is not accepted; send application/json or text/plain"
         )
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not accepted; send gzip or no encoding"
         )
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
 
@@ -45,7 +48,11 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     size = 0
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)
@@ -54,6 +61,8 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit, "the decompressed request body")
         chunks.append(piece)
+        if not message.get("more_body", False):
+            break
     if inflater is not None and not inflater.eof:
         raise BadRequest("the gzip body is truncated")
     return b"".join(chunks)
