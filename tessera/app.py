@@ -15,8 +15,11 @@ from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.config import Settings
 from tessera.eventlog import EventLogWriter
+from tessera.identity.config import IdentityRules
 from tessera.ingest import api as ingest_api
 from tessera.ingest.sources import WriteKeyCache
+from tessera.processor import Pipeline, Processor, ProcessorConfig
+from tessera.profiles.policy import TraitPolicies
 from tessera.store import create_store_engine
 
 
@@ -53,14 +56,31 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         commit_timeout_seconds=settings.ingest_commit_timeout_seconds,
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
+    rules = IdentityRules.from_settings(settings)
+    TraitPolicies.parse(settings.trait_policies, {})  # refuse bad policies at start
+    processor: Processor | None = None
+    if settings.processor_enabled:
+        pipeline = Pipeline(
+            ProcessorConfig(
+                rules=rules,
+                trait_policies=settings.trait_policies,
+                batch_events=settings.processor_batch_events,
+            )
+        )
+        processor = Processor(engine, pipeline, poll_seconds=settings.processor_poll_seconds)
+        writer.on_commit = processor.wake
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
+        if processor is not None:
+            processor.start()
         try:
             yield
         finally:
             writer.stop()
+            if processor is not None:
+                processor.stop()
 
     app = FastAPI(
         title="Tessera",
@@ -71,8 +91,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.writer = writer
+    app.state.processor = processor
+    app.state.identity_rules = rules
     api_errors.install_error_handlers(app)
-    app.include_router(health.create_router(engine, writer))
+    app.include_router(health.create_router(engine, writer, processor))
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )

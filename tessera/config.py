@@ -11,6 +11,27 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_BLOCKED_VALUES = (
+    "",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "anonymous",
+    "unknown",
+    "n/a",
+    "0",
+    "-1",
+    "test@test.com",
+    "test@example.com",
+    "email@example.com",
+    "user@example.com",
+    "noreply@example.com",
+    "no-reply@example.com",
+    "a@a.com",
+    "00000000-0000-0000-0000-000000000000",
+)
+
 
 class Settings(BaseSettings):
     """Every knob Tessera has. `docs/configuration.md` documents each (a test checks)."""
@@ -104,6 +125,68 @@ class Settings(BaseSettings):
     cors_allow_origins: list[str] = Field(
         default=["*"],
         description="Origins allowed to call the tracking API (/v1) from a browser.",
+    )
+
+    identity_priority: list[str] = Field(
+        default=["user_id", "email", "phone", "anonymous_id", "device_id", "advertising_id"],
+        description=(
+            "Identifier types, highest priority first. When linking an event's identifiers "
+            "would break a limit, the lowest-priority conflicting one is dropped. Custom types "
+            "from context.externalIds rank after all listed types."
+        ),
+    )
+    identity_limits: dict[str, int] = Field(
+        default={"user_id": 1, "email": 5},
+        description=(
+            "Most identifiers of a type one profile may hold, as a JSON object "
+            'such as {"user_id": 1, "email": 5}; types not named use the default limit.'
+        ),
+    )
+    identity_default_limit: int = Field(
+        default=5, ge=1, description="Limit for identifier types not named in identity_limits."
+    )
+    identity_blocked_values: list[str] = Field(
+        default=list(DEFAULT_BLOCKED_VALUES),
+        description=(
+            "Identifier values that never match anything (compared trimmed, lower-cased). "
+            "Strings of only zeros and dashes are always blocked."
+        ),
+    )
+    identity_phone_region: str = Field(
+        default="US",
+        min_length=2,
+        max_length=2,
+        description="Region (ISO 3166 code) for phone numbers written without a country code.",
+    )
+    identity_max_identifiers_per_profile: int = Field(
+        default=500, ge=1, description="Hard cap on identifiers one profile may hold."
+    )
+    identity_max_merges_per_profile: int = Field(
+        default=100, ge=1, description="Hard cap on merges into one profile."
+    )
+    trait_policies: dict[str, str] = Field(
+        default={},
+        description=(
+            "Per-trait merge policy as a JSON object. Values: `latest` (the default: the latest "
+            "event timestamp wins), `first` (the first value is kept), or "
+            "`sources:NAME,NAME` (a value from an earlier-listed source beats a later one; "
+            'ties go to the latest), e.g. {"plan": "sources:crm,web", "signup_source": "first"}.'
+        ),
+    )
+    processor_enabled: bool = Field(
+        default=True,
+        description="Run the processor (identity, profiles) inside `tessera serve`.",
+    )
+    processor_batch_events: int = Field(
+        default=500, gt=0, description="Most events the processor applies in one transaction."
+    )
+    processor_poll_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description=(
+            "How often an idle processor looks for new events written by other processes "
+            "(events written by this process wake it at once)."
+        ),
     )
 
     @field_validator("database_url")

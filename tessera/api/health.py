@@ -13,10 +13,11 @@ from starlette.responses import JSONResponse
 
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
+from tessera.processor import Processor, lag
 from tessera.store import current_revision, head_revision
 
 
-def create_router(engine: Engine, writer: EventLogWriter) -> APIRouter:
+def create_router(engine: Engine, writer: EventLogWriter, processor: Processor | None) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="The process is alive")
@@ -30,6 +31,7 @@ def create_router(engine: Engine, writer: EventLogWriter) -> APIRouter:
             with engine.connect() as conn:
                 current = current_revision(conn)
                 log_head = head_position(conn)
+                behind = lag(conn) if current == head else None
         except sa.exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             return 503, {"status": "unavailable", "database": f"unreachable: {reason}"}
@@ -42,8 +44,13 @@ def create_router(engine: Engine, writer: EventLogWriter) -> APIRouter:
             "commits": writer.stats.commits,
             "rejected_overload_events": writer.stats.rejected_overload,
         }
-        # The processor (identity, profiles) is not built yet; its lag will show here.
-        body["processor"] = {"running": False}
+        body["processor"] = {
+            "running": processor is not None and processor.running,
+            "position": behind.position if behind else None,
+            "lag_events": behind.events if behind else None,
+            "oldest_waiting_seconds": behind.oldest_age_seconds if behind else None,
+            "failed_batches": processor.failures if processor else 0,
+        }
         if current != head:
             body["status"] = "migrations_pending"
             return 503, body

@@ -46,7 +46,8 @@ COLUMNS = (
     "received_at",
     "payload",
 )
-_TIME_COLUMNS = frozenset({"timestamp", "original_timestamp", "sent_at", "received_at"})
+# Any constant will do; held for the append transaction on PostgreSQL.
+APPEND_LOCK = 0x7E55E7B
 
 
 def _insert_sql(dialect_name: str) -> str:
@@ -74,6 +75,11 @@ def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
     if not rows:
         return 0
     dialect = conn.dialect.name
+    if dialect == "postgresql":
+        # Sequence values are taken at insert but become visible at commit; serialising the
+        # appends of all processes makes `seq` order commit order, so a reader that follows
+        # `seq > position` never passes over a row that commits late.
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
     if dialect == "sqlite":
         params: list[tuple[Any, ...]] = [
             (

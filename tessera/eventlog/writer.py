@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -66,6 +66,8 @@ class EventLogWriter:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self.stats = WriterStats()
+        # Called in the writer thread after each commit (the processor's wake-up).
+        self.on_commit: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -184,6 +186,8 @@ class EventLogWriter:
             self.stats.new_events += new
         self.stats.last_commit_seconds = time.perf_counter() - started
         _settle(group, None)
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

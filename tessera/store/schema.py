@@ -20,7 +20,14 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-MODEL_MODULES = ("tessera.ingest.models", "tessera.eventlog.models")
+MODEL_MODULES = (
+    "tessera.ingest.models",
+    "tessera.eventlog.models",
+    "tessera.identity.models",
+    "tessera.profiles.models",
+    "tessera.processor_models",
+    "tessera.api.models",
+)
 
 
 def load_all_models() -> sa.MetaData:

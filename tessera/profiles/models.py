@@ -1,0 +1,55 @@
+"""Tables of unified profiles: the profile, its traits with provenance, its accounts, and
+which profile each event belongs to. All derived from the event log."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from tessera.identity.models import PROFILE_ID
+from tessera.store.schema import metadata
+from tessera.store.types import UtcDateTime
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    # "prf_<seq of the event that created it>": stable, and the same after a rebuild.
+    sa.Column("id", PROFILE_ID, primary_key=True),
+    sa.Column("created_seq", sa.BigInteger, nullable=False),
+    # Set when absorbed by a merge: the survivor this id now resolves to (one hop).
+    sa.Column("merged_into", PROFILE_ID, nullable=True, index=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("event_count", sa.Integer, nullable=False, default=0),
+)
+
+profile_traits = sa.Table(
+    "profile_traits",
+    metadata,
+    sa.Column("profile_id", PROFILE_ID, primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+    # Provenance: where the winning value came from.
+    sa.Column("source_id", sa.Integer, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+)
+
+profile_accounts = sa.Table(
+    "profile_accounts",
+    metadata,
+    sa.Column("profile_id", PROFILE_ID, primary_key=True),
+    sa.Column("group_id", sa.String(255), primary_key=True),
+    sa.Column("traits", sa.Text, nullable=False),  # JSON of the latest group call
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+)
+
+event_profiles = sa.Table(
+    "event_profiles",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    # NULL when the event carried no usable identifier (all blocked): counted, not guessed.
+    sa.Column("profile_id", PROFILE_ID, nullable=True),
+    sa.Index("ix_event_profiles_profile_id_seq", "profile_id", "seq"),
+)
