@@ -19,6 +19,7 @@ from tessera.identity.config import IdentityRules
 from tessera.ingest import api as ingest_api
 from tessera.ingest.sources import WriteKeyCache
 from tessera.processor import Pipeline, Processor, ProcessorConfig
+from tessera.profiles import api as profiles_api
 from tessera.profiles.policy import TraitPolicies
 from tessera.store import create_store_engine
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.identity_rules = rules
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer, processor))
+    app.include_router(profiles_api.router)
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )

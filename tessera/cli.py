@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import pydantic
 import typer
@@ -19,6 +19,9 @@ from tessera import __version__
 from tessera.config import Settings
 from tessera.errors import TesseraError
 from tessera.ingest.sources import Source
+
+if TYPE_CHECKING:
+    from tessera.processor import Pipeline
 from tessera.logs import configure_logging
 
 app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
@@ -26,6 +29,8 @@ source_app = typer.Typer(
     help="Sources: where events come from, each with a write key.", no_args_is_help=True
 )
 app.add_typer(source_app, name="source")
+token_app = typer.Typer(help="API tokens for the management API.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -207,6 +212,101 @@ def source_enable(name: str) -> None:
 
     source = _in_transaction(_settings(), set_source_enabled, name=name, enabled=True)
     out.print(f"enabled source {source.name!r}")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses it, e.g. 'crm-sync'.")],
+    role: Annotated[
+        str, typer.Option(help="admin, marketer, sales, support or analyst.")
+    ] = "admin",
+) -> None:
+    """Create an API token; it is printed once, as the last line, and stored hashed."""
+    from tessera.api.tokens import create_token
+
+    token, principal = _in_transaction(_settings(), create_token, name=name, role=role)
+    out.print(f"created token {principal.name!r} (id {principal.token_id}, role {principal.role})")
+    out.print("it is shown only now; keep it:")
+    out.print(token, markup=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The id `token create` printed.")],
+) -> None:
+    """Revoke an API token at once."""
+    from tessera.api.tokens import revoke_token
+
+    _in_transaction(_settings(), revoke_token, token_id=token_id)
+    out.print(f"revoked token {token_id}")
+
+
+def _pipeline(settings: Settings) -> Pipeline:
+    from tessera.identity.config import IdentityRules
+    from tessera.processor import Pipeline, ProcessorConfig
+
+    return Pipeline(
+        ProcessorConfig(
+            rules=IdentityRules.from_settings(settings),
+            trait_policies=settings.trait_policies,
+            batch_events=settings.processor_batch_events,
+        )
+    )
+
+
+@app.command()
+def rebuild() -> None:
+    """Re-derive every profile, identity cluster and trait from the event log."""
+    from rich.progress import Progress
+
+    from tessera.processor import lag, reset_derived_state, run_once
+
+    settings = _settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    with _errors():
+        engine = _migrated_engine(settings)
+        pipeline = _pipeline(settings)
+        with engine.begin() as conn:
+            reset_derived_state(conn)
+        with engine.connect() as conn:
+            total = lag(conn).events
+        with Progress(console=err) as progress:
+            task = progress.add_task("rebuilding", total=total)
+            while applied := run_once(engine, pipeline):
+                progress.advance(task, applied)
+        with engine.connect() as conn:
+            left = lag(conn)
+        engine.dispose()
+    out.print(f"rebuilt derived state from {total} events (position {left.position})")
+
+
+@app.command()
+def worker() -> None:
+    """Run a processor without the HTTP server (extra processors for PostgreSQL).
+
+    Processors take turns on the log: one applies a batch while the others wait, so a
+    worker killed mid-batch loses nothing and another carries on from its position.
+    """
+    import signal
+    import threading
+
+    from tessera.processor import Processor
+
+    settings = _settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    with _errors():
+        engine = _migrated_engine(settings)
+        processor = Processor(
+            engine, _pipeline(settings), poll_seconds=settings.processor_poll_seconds
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    processor.start()
+    out.print(f"worker processing {settings.database_url}")
+    stop.wait()
+    processor.stop()
+    engine.dispose()
 
 
 def main() -> None:

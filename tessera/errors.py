@@ -4,11 +4,11 @@
     ├── ConfigurationError            settings that cannot work (bad URL, unknown level)
     ├── StoreError                    the database failed us (translated driver errors)
     │   └── MigrationError            the schema could not be brought up to date
-    ├── NotFound                      a named thing does not exist (CLI and service layer)
     └── HTTPError                     carries `status_code`; rendered as JSON by `api.errors`
         ├── BadRequest           400  the body is not what the contract says
         ├── Unauthorized         401  missing or unknown credentials
         ├── Forbidden            403  known credentials, not allowed (a disabled source)
+        ├── NotFound             404  a named thing (source, profile, token) does not exist
         ├── Conflict             409  the name is taken
         ├── PayloadTooLarge      413  over a documented size limit
         ├── UnsupportedMediaType 415  a content type or encoding we do not read
@@ -37,10 +37,6 @@ class StoreError(TesseraError):
 
 class MigrationError(StoreError):
     """The schema could not be migrated to the version this code needs."""
-
-
-class NotFound(TesseraError):
-    """A named object (a source, a profile, ...) does not exist."""
 
 
 class HTTPError(TesseraError):
@@ -83,6 +79,11 @@ class Unauthorized(HTTPError):
 class Forbidden(HTTPError):
     status_code = 403
     code = "forbidden"
+
+
+class NotFound(HTTPError):
+    status_code = 404
+    code = "not_found"
 
 
 class Conflict(HTTPError):

@@ -1,0 +1,65 @@
+"""HTTP routes of the profile API under /api/v1/profiles."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from tessera.api.deps import ConnectionDep, require
+from tessera.api.tokens import Principal
+from tessera.identity.config import IdentityRules
+from tessera.profiles import views
+from tessera.profiles.schemas import EventPage, IdentityDetail, MergeOut, ProfileOut
+
+router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
+Reader = Annotated[Principal, Depends(require("profiles:read"))]
+
+REF_DOC = "A profile id (`prf_123`) or `TYPE:VALUE`, e.g. `email:jo@example.com`."
+
+
+def _rules(request: Request) -> IdentityRules:
+    rules: IdentityRules = request.app.state.identity_rules
+    return rules
+
+
+@router.get("/{ref}", response_model=ProfileOut, summary="One unified profile")
+def get_profile(ref: str, request: Request, conn: ConnectionDep, _: Reader) -> dict[str, object]:
+    """The profile `ref` resolves to (an absorbed id resolves to its survivor)."""
+    return views.get_profile(conn, views.resolve_reference(conn, ref, _rules(request)))
+
+
+@router.get("/{ref}/events", response_model=EventPage, summary="The profile's timeline")
+def list_events(
+    ref: str,
+    *,
+    request: Request,
+    conn: ConnectionDep,
+    _: Reader,
+    type: Annotated[list[str] | None, Query(description="Only these message types.")] = None,
+    name: Annotated[list[str] | None, Query(description="Only these event or page names.")] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, object]:
+    """Newest first, by corrected timestamp; follow `next_cursor` for older events."""
+    profile_id = views.resolve_reference(conn, ref, _rules(request))
+    return views.list_profile_events(
+        conn, profile_id, types=type, names=name, cursor=cursor, limit=limit
+    )
+
+
+@router.get(
+    "/{ref}/identities", response_model=list[IdentityDetail], summary="The profile's identifiers"
+)
+def list_identities(
+    ref: str, request: Request, conn: ConnectionDep, _: Reader
+) -> list[dict[str, object]]:
+    return views.list_identities(conn, views.resolve_reference(conn, ref, _rules(request)))
+
+
+@router.get("/{ref}/merges", response_model=list[MergeOut], summary="How the profile was merged")
+def list_merges(
+    ref: str, request: Request, conn: ConnectionDep, _: Reader
+) -> list[dict[str, object]]:
+    """Each merge with its rule, the identifiers that linked, and the event that caused it."""
+    return views.list_merges(conn, views.resolve_reference(conn, ref, _rules(request)))

@@ -1,0 +1,226 @@
+"""Reading profiles: resolve a reference, assemble the unified view, page the timeline."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tessera.errors import BadRequest, NotFound
+from tessera.eventlog.models import events
+from tessera.identity.config import ACCOUNT_TYPES, TYPE_NAME, IdentityRules
+from tessera.identity.extract import normalise
+from tessera.identity.models import identities, profile_merges
+from tessera.ingest.models import sources
+from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
+
+PROFILE_ID = re.compile(r"^prf_\d{1,19}$")
+
+
+def resolve_reference(conn: Connection, ref: str, rules: IdentityRules) -> str:
+    """The surviving profile id for `ref`: an id, or `TYPE:VALUE` such as `email:jo@x.com`."""
+    if ":" in ref:
+        kind, _, raw = ref.partition(":")
+        if not TYPE_NAME.match(kind):
+            raise BadRequest(
+                f"{kind!r} is not an identifier type; use TYPE:VALUE, e.g. email:jo@example.com"
+            )
+        if kind in ACCOUNT_TYPES:
+            raise BadRequest(f"{kind} names an account, which many profiles share; not a person")
+        value = normalise(kind, raw, rules)
+        if value is None:
+            raise BadRequest(f"{raw!r} is not a usable {kind} (empty, blocked or malformed)")
+        owner = conn.execute(
+            sa.select(identities.c.profile_id).where(
+                identities.c.type == kind, identities.c.value == value
+            )
+        ).scalar()
+        if owner is None:
+            raise NotFound(f"no profile has {kind} {value!r}")
+        return str(owner)
+    if not PROFILE_ID.match(ref):
+        raise BadRequest(f"{ref[:80]!r} is neither a profile id (prf_123) nor TYPE:VALUE")
+    row = conn.execute(
+        sa.select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id == ref)
+    ).first()
+    if row is None:
+        raise NotFound(f"no profile has id {ref!r}")
+    return str(row.merged_into or row.id)
+
+
+def _source_names(conn: Connection) -> dict[int, str]:
+    return {row.id: row.name for row in conn.execute(sa.select(sources.c.id, sources.c.name))}
+
+
+def get_profile(conn: Connection, profile_id: str) -> dict[str, Any]:
+    row = conn.execute(sa.select(profiles).where(profiles.c.id == profile_id)).one()
+    names = _source_names(conn)
+    traits: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
+    for trait in conn.execute(
+        sa.select(profile_traits)
+        .where(profile_traits.c.profile_id == profile_id)
+        .order_by(profile_traits.c.name)
+    ):
+        traits[trait.name] = orjson.loads(trait.value)
+        provenance[trait.name] = {
+            "source": names.get(trait.source_id),
+            "message_id": trait.message_id,
+            "timestamp": trait.timestamp,
+        }
+    return {
+        "id": row.id,
+        "traits": traits,
+        "identities": [
+            {"type": kind, "value": value}
+            for kind, value in conn.execute(
+                sa.select(identities.c.type, identities.c.value)
+                .where(identities.c.profile_id == profile_id)
+                .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
+            )
+        ],
+        "accounts": [
+            {
+                "group_id": account.group_id,
+                "traits": orjson.loads(account.traits),
+                "timestamp": account.timestamp,
+            }
+            for account in conn.execute(
+                sa.select(profile_accounts)
+                .where(profile_accounts.c.profile_id == profile_id)
+                .order_by(profile_accounts.c.group_id)
+            )
+        ],
+        "provenance": provenance,
+        "merged_ids": [
+            merged
+            for (merged,) in conn.execute(
+                sa.select(profiles.c.id)
+                .where(profiles.c.merged_into == profile_id)
+                .order_by(profiles.c.created_seq)
+            )
+        ],
+        "event_count": row.event_count,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def list_identities(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
+    query = (
+        sa.select(identities.c.type, identities.c.value, events.c.message_id)
+        .select_from(identities.outerjoin(events, events.c.seq == identities.c.first_seq))
+        .where(identities.c.profile_id == profile_id)
+        .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
+    )
+    return [
+        {"type": kind, "value": value, "first_seen_message_id": message_id}
+        for kind, value, message_id in conn.execute(query)
+    ]
+
+
+def list_merges(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
+    """Every merge that built this profile (into it, or into a profile it absorbed)."""
+    members = [profile_id] + [
+        merged
+        for (merged,) in conn.execute(
+            sa.select(profiles.c.id).where(profiles.c.merged_into == profile_id)
+        )
+    ]
+    query = (
+        sa.select(profile_merges)
+        .where(
+            sa.or_(
+                profile_merges.c.survivor_id.in_(members), profile_merges.c.absorbed_id.in_(members)
+            )
+        )
+        .order_by(profile_merges.c.id)
+    )
+    return [
+        {
+            "id": merge.id,
+            "survivor_id": merge.survivor_id,
+            "absorbed_id": merge.absorbed_id,
+            "rule": merge.rule,
+            "identifiers": orjson.loads(merge.identifiers),
+            "message_id": merge.message_id,
+            "merged_at": merge.merged_at,
+        }
+        for merge in conn.execute(query)
+    ]
+
+
+def _encode_cursor(timestamp: datetime, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{timestamp.isoformat()}|{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, seq = text.partition("|")
+        return datetime.fromisoformat(stamp), int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"cursor {cursor[:40]!r} is not one this API gave out") from None
+
+
+def list_profile_events(
+    conn: Connection,
+    profile_id: str,
+    *,
+    types: list[str] | None = None,
+    names: list[str] | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """The timeline, newest first (by corrected timestamp), a page at a time."""
+    query = (
+        sa.select(events)
+        .select_from(event_profiles.join(events, events.c.seq == event_profiles.c.seq))
+        .where(event_profiles.c.profile_id == profile_id)
+        .order_by(events.c.timestamp.desc(), events.c.seq.desc())
+        .limit(limit + 1)
+    )
+    if types:
+        query = query.where(events.c.type.in_(types))
+    if names:
+        query = query.where(events.c.name.in_(names))
+    if cursor:
+        stamp, seq = _decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                events.c.timestamp < stamp, sa.and_(events.c.timestamp == stamp, events.c.seq < seq)
+            )
+        )
+    rows = list(conn.execute(query))
+    source_names = _source_names(conn)
+    items = []
+    for row in rows[:limit]:
+        payload = orjson.loads(row.payload)
+        items.append(
+            {
+                "seq": row.seq,
+                "messageId": row.message_id,
+                "type": row.type,
+                "event": payload.get("event") if row.type == "track" else None,
+                "name": payload.get("name") if row.type in ("page", "screen") else None,
+                "userId": row.user_id,
+                "anonymousId": row.anonymous_id,
+                "timestamp": row.timestamp,
+                "receivedAt": row.received_at,
+                "properties": payload.get("properties"),
+                "traits": payload.get("traits"),
+                "context": payload.get("context"),
+                "source": source_names.get(row.source_id),
+            }
+        )
+    next_cursor = (
+        _encode_cursor(rows[limit - 1].timestamp, rows[limit - 1].seq)
+        if len(rows) > limit
+        else None
+    )
+    return {"items": items, "next_cursor": next_cursor}
