@@ -32,8 +32,8 @@ def ingest(engine: Engine, messages: list[dict[str, Any]], *, source: str = "web
     now = datetime.now(UTC)
     rows = []
     for message in messages:
-        message = {"messageId": f"m{next(_ids)}", **message}
-        rows.append(normalise_message(message, source_id=sid, received_at=now))
+        with_id = {"messageId": f"m{next(_ids)}", **message}
+        rows.append(normalise_message(with_id, source_id=sid, received_at=now))
     with engine.begin() as conn:
         append_events(conn, rows)
 
@@ -65,15 +65,17 @@ def profile_id(engine: Engine, ref: str) -> str:
 def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """All derived state, in a comparable form (no wall-clock columns)."""
     queries = {
-        "identities": "SELECT type, value, profile_id, first_seq FROM identities ORDER BY type, value",
-        "profiles": "SELECT id, created_seq, merged_into, created_at, updated_at, event_count FROM profiles ORDER BY id",
-        "traits": "SELECT profile_id, name, value, source_id, seq FROM profile_traits ORDER BY profile_id, name",
-        "accounts": "SELECT profile_id, group_id, traits, seq FROM profile_accounts ORDER BY profile_id, group_id",
-        "merges": "SELECT survivor_id, absorbed_id, rule, identifiers, seq FROM profile_merges ORDER BY seq, absorbed_id",
-        "attribution": "SELECT seq, profile_id FROM event_profiles ORDER BY seq",
+        "identities": "SELECT type, value, profile_id, first_seq FROM identities",
+        "profiles": (
+            "SELECT id, created_seq, merged_into, created_at, updated_at, event_count FROM profiles"
+        ),
+        "traits": "SELECT profile_id, name, value, source_id, seq FROM profile_traits",
+        "accounts": "SELECT profile_id, group_id, traits, seq FROM profile_accounts",
+        "merges": "SELECT survivor_id, absorbed_id, rule, identifiers, seq FROM profile_merges",
+        "attribution": "SELECT seq, profile_id FROM event_profiles",
     }
     with engine.connect() as conn:
         return {
-            name: [tuple(row) for row in conn.execute(sa.text(sql))]
+            name: sorted((tuple(row) for row in conn.execute(sa.text(sql))), key=repr)
             for name, sql in queries.items()
         }
