@@ -22,13 +22,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from tessera.eventlog.models import events
 from tessera.identity import graph
+from tessera.identity.batch import IdentityBatch, Merge
 from tessera.identity.config import IdentityRules
 from tessera.identity.extract import Identifier, alias_previous, extract_identifiers, group_id
 from tessera.ingest.models import sources
 from tessera.logs import event
 from tessera.processor_models import processor_state
-from tessera.profiles import service as profile_service
-from tessera.profiles.models import profiles
+from tessera.profiles.batch import ProfileBatch
 from tessera.profiles.policy import Provenance, TraitPolicies
 
 log = logging.getLogger(__name__)
@@ -49,77 +49,101 @@ class Lag:
     position: int
 
 
+@dataclass(slots=True)
+class _Event:
+    row: Any
+    payload: dict[str, Any]
+    idents: list[Identifier]
+
+
 class Pipeline:
-    """Applies events to derived state on a connection; knows nothing of threads."""
+    """Applies a batch of events to derived state on a connection; knows nothing of threads.
+
+    The stages work on a per-batch working set (`IdentityBatch`, `ProfileBatch`): the state
+    the batch touches is loaded in a few bulk queries, changed in memory event by event, and
+    written back with executemany, instead of several statements per event.
+    """
 
     def __init__(self, config: ProcessorConfig) -> None:
         self.config = config
         self.rules = config.rules
         self._policies: TraitPolicies | None = None
 
-    def policies(self, conn: Connection, source_id: int) -> TraitPolicies:
-        if self._policies is None or source_id not in self._policies.source_names:
+    def policies(self, conn: Connection, source_ids: set[int]) -> TraitPolicies:
+        if self._policies is None or not source_ids <= set(self._policies.source_names):
             names = {
                 row.id: row.name for row in conn.execute(sa.select(sources.c.id, sources.c.name))
             }
             self._policies = TraitPolicies.parse(self.config.trait_policies, names)
         return self._policies
 
-    def _alias_identifier(self, conn: Connection, payload: dict[str, Any]) -> Identifier | None:
+    def apply_batch(self, conn: Connection, rows: list[Any]) -> list[tuple[int, str | None]]:
+        """Apply `rows` (events in log order); return each event's final profile."""
+        batch = [self._parse(row) for row in rows]
+        graph_state = IdentityBatch()
+        wanted = [ident for item in batch for ident in item.idents]
+        for item in batch:
+            previous = alias_previous(item.payload, self.rules)
+            if previous is not None:
+                wanted += [Identifier("user_id", previous), Identifier("anonymous_id", previous)]
+        owners = graph_state.load(conn, wanted)
+        profile_state = ProfileBatch(self.policies(conn, {row.source_id for row in rows}))
+        profile_state.load(conn, owners)
+        for item in batch:
+            self._apply(item, graph_state, profile_state)
+        graph_state.flush(conn)
+        profile_state.flush(conn, graph_state.resolve_id)
+        return [
+            (seq, graph_state.resolve_id(pid) if pid else None)
+            for seq, pid in profile_state.attribution
+        ]
+
+    def _parse(self, row: Any) -> _Event:
+        payload = orjson.loads(row.payload)
+        return _Event(row, payload, extract_identifiers(payload, self.rules))
+
+    def _alias_identifier(self, state: IdentityBatch, payload: dict[str, Any]) -> Identifier | None:
         previous = alias_previous(payload, self.rules)
         if previous is None:
             return None
-        as_user, as_anonymous = (
-            Identifier("user_id", previous),
-            Identifier("anonymous_id", previous),
-        )
-        known = graph.owners(conn, [as_user, as_anonymous])
-        return as_user if as_user in known else as_anonymous
+        as_user = Identifier("user_id", previous)
+        return as_user if state.owner(as_user) is not None else Identifier("anonymous_id", previous)
 
-    def apply(self, conn: Connection, row: Any) -> str | None:
-        """Apply one event; return the profile it belongs to (None if unidentifiable)."""
-        payload = orjson.loads(row.payload)
-        idents = extract_identifiers(payload, self.rules)
-        alias_of = self._alias_identifier(conn, payload)
+    def _apply(self, item: _Event, graph_state: IdentityBatch, profile_state: ProfileBatch) -> None:
+        row, payload = item.row, item.payload
+        alias_of = self._alias_identifier(graph_state, payload)
         resolution = graph.resolve(
-            conn, seq=row.seq, idents=idents, rules=self.rules, alias_of=alias_of
+            graph_state, seq=row.seq, idents=item.idents, rules=self.rules, alias_of=alias_of
         )
         profile_id = resolution.profile_id
         if profile_id is None:
-            return None
-        policies = self.policies(conn, row.source_id)
+            profile_state.attribute(row.seq, None)
+            return
         if resolution.created:
-            profile_service.create_profile(
-                conn, profile_id=profile_id, seq=row.seq, at=row.timestamp
-            )
+            graph_state.create(profile_id)
+            profile_state.create(profile_id, seq=row.seq, at=row.timestamp)
         for absorbed, ident, rule in resolution.merged:
-            graph.record_merge(
-                conn,
-                survivor=profile_id,
-                absorbed=absorbed,
-                rule=rule,
-                identifiers=[ident],
-                seq=row.seq,
-                message_id=row.message_id,
-                at=row.received_at,
+            graph_state.merge(
+                Merge(profile_id, absorbed, rule, [ident], row.seq, row.message_id, row.received_at)
             )
-            profile_service.absorb(conn, survivor=profile_id, absorbed=absorbed, policies=policies)
-        graph.link_identifiers(conn, profile_id, resolution.new_identifiers, row.seq)
+            profile_state.absorb(survivor=profile_id, absorbed=absorbed)
+        graph_state.link(profile_id, resolution.new_identifiers, row.seq)
 
         provenance = Provenance(row.source_id, row.seq, row.message_id, row.timestamp)
         if payload.get("type") == "identify" and isinstance(payload.get("traits"), dict):
-            profile_service.apply_traits(conn, profile_id, payload["traits"], provenance, policies)
+            profile_state.apply_traits(profile_id, payload["traits"], provenance)
         context_traits = (payload.get("context") or {}).get("traits")
         if isinstance(context_traits, dict) and context_traits:
-            profile_service.apply_traits(conn, profile_id, context_traits, provenance, policies)
+            profile_state.apply_traits(profile_id, context_traits, provenance)
         account = group_id(payload, self.rules)
         if account is not None:
-            traits = payload.get("traits") if isinstance(payload.get("traits"), dict) else {}
-            profile_service.link_account(
-                conn, profile_id, group_id=account, traits=traits, seq=row.seq, at=row.timestamp
+            raw_traits = payload.get("traits")
+            traits: dict[str, Any] = raw_traits if isinstance(raw_traits, dict) else {}
+            profile_state.link_account(
+                profile_id, group_id=account, traits=traits, seq=row.seq, at=row.timestamp
             )
-        profile_service.touch(conn, profile_id, at=row.timestamp)
-        return profile_id
+        profile_state.touch(profile_id, at=row.timestamp)
+        profile_state.attribute(row.seq, profile_id)
 
 
 def _lock_position(conn: Connection, name: str) -> tuple[int, int]:
@@ -166,25 +190,7 @@ def run_once(
         )
         if not rows:
             return 0
-        attributed = [(row.seq, pipeline.apply(conn, row)) for row in rows]
-        # An event attributed early in the batch may belong to a profile merged later in it.
-        touched = {pid for _, pid in attributed if pid is not None}
-        # (dict() would take a Result for a mapping: it has .keys())
-        survivors = {
-            absorbed: survivor
-            for absorbed, survivor in conn.execute(
-                sa.select(profiles.c.id, profiles.c.merged_into).where(
-                    profiles.c.id.in_(touched), profiles.c.merged_into.is_not(None)
-                )
-            )
-        }
-        profile_service.attribute(
-            conn,
-            [
-                {"seq": seq, "profile_id": survivors.get(pid, pid) if pid else None}
-                for seq, pid in attributed
-            ],
-        )
+        attributed = pipeline.apply_batch(conn, rows)
         missing = sum(1 for _, pid in attributed if pid is None)
         conn.execute(
             sa.update(processor_state)

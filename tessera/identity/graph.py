@@ -15,17 +15,11 @@ resolving to it. Every merge is recorded with its rule, the identifiers and the 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-
-import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from typing import Protocol
 
 from tessera.identity.config import IdentityRules
 from tessera.identity.extract import Identifier
-from tessera.identity.models import identities, merge_blocks, profile_merges
 
 
 def profile_id_for(seq: int) -> str:
@@ -55,50 +49,19 @@ class Resolution:
     dropped: list[Dropped] = field(default_factory=list)
 
 
-def owners(conn: Connection, idents: Iterable[Identifier]) -> dict[Identifier, str]:
-    """Current owner profile of each identifier that has one."""
-    by_type: dict[str, list[str]] = {}
-    for ident in idents:
-        by_type.setdefault(ident.type, []).append(ident.value)
-    if not by_type:
-        return {}
-    condition = sa.or_(
-        *(
-            sa.and_(identities.c.type == kind, identities.c.value.in_(values))
-            for kind, values in by_type.items()
-        )
-    )
-    query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
-        condition
-    )
-    return {Identifier(kind, value): owner for kind, value, owner in conn.execute(query)}
+class GraphState(Protocol):
+    """What resolution needs to know of the graph; the processor's batch provides it."""
+
+    def owner(self, ident: Identifier) -> str | None: ...
+
+    def counts(self, profile_id: str) -> Counter[str]: ...
+
+    def merge_count(self, profile_id: str) -> int: ...
+
+    def blocked(self, a: str, b: str) -> bool: ...
 
 
-def identity_counts(conn: Connection, profile_id: str) -> Counter[str]:
-    query = (
-        sa.select(identities.c.type, sa.func.count())
-        .where(identities.c.profile_id == profile_id)
-        .group_by(identities.c.type)
-    )
-    return Counter({kind: int(count) for kind, count in conn.execute(query)})
-
-
-def merge_count(conn: Connection, profile_id: str) -> int:
-    query = sa.select(sa.func.count()).where(profile_merges.c.survivor_id == profile_id)
-    return int(conn.execute(query).scalar_one())
-
-
-def blocked_pairs(conn: Connection, profile_ids: Iterable[str]) -> set[tuple[str, str]]:
-    ids = list(profile_ids)
-    if not ids:
-        return set()
-    query = sa.select(merge_blocks.c.profile_a, merge_blocks.c.profile_b).where(
-        sa.or_(merge_blocks.c.profile_a.in_(ids), merge_blocks.c.profile_b.in_(ids))
-    )
-    return {(a, b) for a, b in conn.execute(query)}
-
-
-def _pair(a: str, b: str) -> tuple[str, str]:
+def ordered_pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
@@ -111,17 +74,16 @@ def _within_limits(counts: Counter[str], rules: IdentityRules) -> bool:
 class _MergeGuard:
     """Checks a merge against unmerge blocks and the per-profile merge cap."""
 
-    def __init__(self, conn: Connection, rules: IdentityRules) -> None:
-        self.conn = conn
+    def __init__(self, state: GraphState, rules: IdentityRules) -> None:
+        self.state = state
         self.rules = rules
         self.merges_left: int | None = None
 
     def refuse(self, owner: str, cluster: list[str]) -> str | None:
-        blocks = blocked_pairs(self.conn, [owner])
-        if any(_pair(owner, member) in blocks for member in cluster):
+        if any(self.state.blocked(owner, member) for member in cluster):
             return "the merge was undone and is blocked"
         if self.merges_left is None:
-            done = max(merge_count(self.conn, member) for member in cluster)
+            done = max(self.state.merge_count(member) for member in cluster)
             self.merges_left = self.rules.max_merges_per_profile - done
         if self.merges_left <= 0:
             return "merge cap reached"
@@ -130,14 +92,14 @@ class _MergeGuard:
 
 
 def resolve(
-    conn: Connection,
+    state: GraphState,
     *,
     seq: int,
     idents: list[Identifier],
     rules: IdentityRules,
     alias_of: Identifier | None = None,
 ) -> Resolution:
-    """Decide which profile the event at `seq` belongs to; does not write anything.
+    """Decide which profile the event at `seq` belongs to; changes nothing.
 
     `idents` come highest priority first. `alias_of` is the identifier an alias call's
     previousId names; it links with the rule "alias".
@@ -145,11 +107,11 @@ def resolve(
     candidates = list(idents)
     if alias_of is not None and alias_of not in candidates:
         candidates.append(alias_of)
-    owned = owners(conn, candidates)
+    owned = {ident: owner for ident in candidates if (owner := state.owner(ident)) is not None}
     cluster: list[str] = []
     counts: Counter[str] = Counter()
     resolution = Resolution(profile_id=None)
-    guard = _MergeGuard(conn, rules)
+    guard = _MergeGuard(state, rules)
 
     for ident in candidates:
         owner = owned.get(ident)
@@ -164,7 +126,7 @@ def resolve(
             continue
         if owner in cluster:
             continue
-        theirs = identity_counts(conn, owner)
+        theirs = state.counts(owner)
         if not _within_limits(counts + theirs, rules):
             resolution.dropped.append(Dropped(ident, "linking would exceed an identifier limit"))
             continue
@@ -193,46 +155,3 @@ def resolve(
         reasons[cluster[0]] = reasons.pop(survivor)
         resolution.merged = [(member, *reasons[member]) for member in cluster if member != survivor]
     return resolution
-
-
-def record_merge(
-    conn: Connection,
-    *,
-    survivor: str,
-    absorbed: str,
-    rule: str,
-    identifiers: list[Identifier],
-    seq: int,
-    message_id: str,
-    at: datetime,
-) -> None:
-    conn.execute(
-        profile_merges.insert().values(
-            survivor_id=survivor,
-            absorbed_id=absorbed,
-            rule=rule,
-            identifiers=orjson.dumps([str(ident) for ident in identifiers]).decode(),
-            seq=seq,
-            message_id=message_id,
-            merged_at=at,
-        )
-    )
-    conn.execute(
-        identities.update().where(identities.c.profile_id == absorbed).values(profile_id=survivor)
-    )
-
-
-def link_identifiers(conn: Connection, profile_id: str, idents: list[Identifier], seq: int) -> None:
-    if idents:
-        conn.execute(
-            identities.insert(),
-            [
-                {
-                    "type": ident.type,
-                    "value": ident.value,
-                    "profile_id": profile_id,
-                    "first_seq": seq,
-                }
-                for ident in idents
-            ],
-        )

@@ -10,7 +10,8 @@ from sqlalchemy.engine import Engine
 
 from tessera.errors import NotFound
 from tessera.identity.config import IdentityRules
-from tessera.processor import lag
+from tessera.processor import Pipeline, lag, reset_derived_state
+from tessera.profiles.batch import ProfileBatch
 from tessera.profiles.views import list_merges
 from tests.identity.helpers import ingest, pipeline, process, profile, profile_id, snapshot
 
@@ -286,36 +287,68 @@ def test_duplicates_are_processed_once(engine: Engine) -> None:
     assert profile(engine, "user_id:u")["event_count"] == 1
 
 
+@pytest.mark.parametrize(
+    "where", ["third event", "between identity and profiles", "before position"]
+)
 def test_failure_between_stages_applies_nothing_and_loses_nothing(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     messages = [
         {"type": "page", "anonymousId": "a"},
         {"type": "identify", "anonymousId": "a", "userId": "u", "traits": {"plan": "pro"}},
         {"type": "track", "userId": "u", "event": "E"},
         {"type": "identify", "userId": "v", "anonymousId": "b"},
+        {"type": "identify", "userId": "u", "anonymousId": "b"},
     ]
     ingest(engine, messages)
-    pipe = pipeline()
-    original = pipe.apply
-    calls = {"n": 0}
+    process(engine)  # the reference: a clean run
+    expected = snapshot(engine)
+    with engine.begin() as conn:
+        reset_derived_state(conn)
 
-    def flaky(conn, row):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:  # after identity and profile writes of two events in this batch
-            raise RuntimeError("injected failure")
-        return original(conn, row)
+    armed = {"on": True}
 
-    monkeypatch.setattr(pipe, "apply", flaky)
+    def fail() -> None:
+        if armed["on"]:
+            armed["on"] = False
+            raise RuntimeError(f"injected failure: {where}")
+
+    if where == "third event":
+        original_apply = Pipeline._apply
+        seen = {"n": 0}
+
+        def apply(self, item, graph_state, profile_state):  # type: ignore[no-untyped-def]
+            seen["n"] += 1
+            if seen["n"] == 3:
+                fail()
+            return original_apply(self, item, graph_state, profile_state)
+
+        monkeypatch.setattr(Pipeline, "_apply", apply)
+    elif where == "between identity and profiles":
+        original_flush = ProfileBatch.flush
+
+        def flush(self, conn, resolve):  # type: ignore[no-untyped-def]
+            fail()  # the identity stage has written; the profile stage has not
+            return original_flush(self, conn, resolve)
+
+        monkeypatch.setattr(ProfileBatch, "flush", flush)
+    else:
+        original_profile_flush = ProfileBatch.flush
+
+        def flush_then_fail(self, conn, resolve):  # type: ignore[no-untyped-def]
+            original_profile_flush(self, conn, resolve)
+            fail()  # every stage has written; the position has not moved
+
+        monkeypatch.setattr(ProfileBatch, "flush", flush_then_fail)
+
     with pytest.raises(RuntimeError, match="injected"):
-        process(engine, pipe)
+        process(engine)
     with engine.connect() as conn:
-        assert lag(conn).position == 0  # nothing committed
+        assert lag(conn).position == 0
         assert conn.execute(sa.text("SELECT count(*) FROM profiles")).scalar() == 0
-    process(engine, pipe)  # the retry applies every event exactly once
-    clean_engine_state = snapshot(engine)
-    assert profile(engine, "user_id:u")["event_count"] == 3
-    assert len(clean_engine_state["attribution"]) == 4
+        assert conn.execute(sa.text("SELECT count(*) FROM identities")).scalar() == 0
+    process(engine)  # the retry applies every event exactly once
+    assert snapshot(engine) == expected
 
 
 @pytest.mark.slow
