@@ -60,14 +60,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     rules = IdentityRules.from_settings(settings)
     TraitPolicies.parse(settings.trait_policies, {})  # refuse bad policies at start
     processor: Processor | None = None
-    if settings.processor_enabled:
-        pipeline = Pipeline(
-            ProcessorConfig(
-                rules=rules,
-                trait_policies=settings.trait_policies,
-                batch_events=settings.processor_batch_events,
-            )
+    pipeline = Pipeline(
+        ProcessorConfig(
+            rules=rules,
+            trait_policies=settings.trait_policies,
+            batch_events=settings.processor_batch_events,
         )
+    )
+    if settings.processor_enabled:
         processor = Processor(engine, pipeline, poll_seconds=settings.processor_poll_seconds)
         writer.on_commit = processor.wake
 
@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.writer = writer
     app.state.processor = processor
+    app.state.pipeline = pipeline
     app.state.identity_rules = rules
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer, processor))

@@ -20,16 +20,21 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tessera.errors import NotFound
 from tessera.eventlog.models import events
 from tessera.identity import graph
 from tessera.identity.batch import IdentityBatch, Merge
 from tessera.identity.config import IdentityRules
 from tessera.identity.extract import Identifier, alias_previous, extract_identifiers, group_id
+from tessera.identity.graph import ordered_pair
+from tessera.identity.models import identities, merge_blocks, profile_merges
 from tessera.ingest.models import sources
 from tessera.logs import event
 from tessera.processor_models import processor_state
 from tessera.profiles.batch import ProfileBatch
+from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
 from tessera.profiles.policy import Provenance, TraitPolicies
+from tessera.store.upsert import upsert
 
 log = logging.getLogger(__name__)
 MAIN = "main"
@@ -86,7 +91,9 @@ class Pipeline:
             previous = alias_previous(item.payload, self.rules)
             if previous is not None:
                 wanted += [Identifier("user_id", previous), Identifier("anonymous_id", previous)]
-        owners = graph_state.load(conn, wanted)
+        owners = graph_state.load(
+            conn, wanted, may_create=[graph.profile_id_for(row.seq) for row in rows]
+        )
         profile_state = ProfileBatch(self.policies(conn, {row.source_id for row in rows}))
         profile_state.load(conn, owners)
         for item in batch:
@@ -146,6 +153,17 @@ class Pipeline:
         profile_state.attribute(row.seq, profile_id)
 
 
+def _event_columns() -> sa.Select[Any]:
+    return sa.select(
+        events.c.seq,
+        events.c.source_id,
+        events.c.message_id,
+        events.c.timestamp,
+        events.c.received_at,
+        events.c.payload,
+    )
+
+
 def _lock_position(conn: Connection, name: str) -> tuple[int, int]:
     """Lock this processor's position row for the transaction; return (position, unattributed)."""
     now = datetime.now(UTC)
@@ -175,17 +193,7 @@ def run_once(
         position, unattributed = _lock_position(conn, name)
         rows = list(
             conn.execute(
-                sa.select(
-                    events.c.seq,
-                    events.c.source_id,
-                    events.c.message_id,
-                    events.c.timestamp,
-                    events.c.received_at,
-                    events.c.payload,
-                )
-                .where(events.c.seq > position)
-                .order_by(events.c.seq)
-                .limit(limit)
+                _event_columns().where(events.c.seq > position).order_by(events.c.seq).limit(limit)
             )
         )
         if not rows:
@@ -307,3 +315,83 @@ def wait_until_caught_up(engine: Engine, *, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the processor did not catch up")
         time.sleep(0.02)
+
+
+@dataclass
+class Unmerged:
+    survivor_id: str
+    restored_id: str
+    identifiers: list[str]
+    events_replayed: int
+
+
+def unmerge(
+    conn: Connection, pipeline: Pipeline, *, profile_id: str, merge_id: int, actor: str
+) -> Unmerged:
+    """Split a wrong merge: block the pair, then re-derive the cluster from its events.
+
+    Runs in the caller's transaction, holding the processor's position so no batch runs
+    meanwhile. The cluster's derived state is deleted and its events replayed in log order
+    through the same pipeline; the block keeps the pair apart, so the absorbed profile comes
+    back under its old id (ids derive from the events that created them). `tessera rebuild`
+    keeps blocks, so it reaches the same split.
+    """
+    _lock_position(conn, MAIN)
+    merge = conn.execute(sa.select(profile_merges).where(profile_merges.c.id == merge_id)).first()
+    cluster = [profile_id] + [
+        pid
+        for (pid,) in conn.execute(
+            sa.select(profiles.c.id).where(profiles.c.merged_into == profile_id)
+        )
+    ]
+    if merge is None or merge.survivor_id not in cluster or merge.absorbed_id not in cluster:
+        raise NotFound(f"profile {profile_id!r} has no merge {merge_id}; GET its /merges")
+    pair = ordered_pair(merge.survivor_id, merge.absorbed_id)
+    upsert(
+        conn,
+        merge_blocks,
+        [
+            {
+                "profile_a": pair[0],
+                "profile_b": pair[1],
+                "identifier": ", ".join(orjson.loads(merge.identifiers)),
+                "created_by": actor,
+                "created_at": datetime.now(UTC),
+            }
+        ],
+        keys=("profile_a", "profile_b"),
+    )
+    seqs = [
+        seq
+        for (seq,) in conn.execute(
+            sa.select(event_profiles.c.seq)
+            .where(event_profiles.c.profile_id == profile_id)
+            .order_by(event_profiles.c.seq)
+        )
+    ]
+    conn.execute(identities.delete().where(identities.c.profile_id == profile_id))
+    for table in (profile_traits, profile_accounts):
+        conn.execute(table.delete().where(table.c.profile_id.in_(cluster)))
+    conn.execute(
+        profile_merges.delete().where(
+            sa.or_(
+                profile_merges.c.survivor_id.in_(cluster), profile_merges.c.absorbed_id.in_(cluster)
+            )
+        )
+    )
+    conn.execute(profiles.delete().where(profiles.c.id.in_(cluster)))
+    conn.execute(event_profiles.delete().where(event_profiles.c.profile_id == profile_id))
+    replayed = 0
+    for start in range(0, len(seqs), pipeline.config.batch_events):
+        chunk = seqs[start : start + pipeline.config.batch_events]
+        rows = list(
+            conn.execute(_event_columns().where(events.c.seq.in_(chunk)).order_by(events.c.seq))
+        )
+        pipeline.apply_batch(conn, rows)
+        replayed += len(rows)
+    return Unmerged(
+        survivor_id=merge.survivor_id,
+        restored_id=merge.absorbed_id,
+        identifiers=orjson.loads(merge.identifiers),
+        events_replayed=replayed,
+    )

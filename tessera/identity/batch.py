@@ -52,8 +52,14 @@ class IdentityBatch:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self, conn: Connection, idents: Iterable[Identifier]) -> set[str]:
-        """Load owners of `idents` and what resolution needs of those owners; return them."""
+    def load(
+        self, conn: Connection, idents: Iterable[Identifier], may_create: Iterable[str] = ()
+    ) -> set[str]:
+        """Load owners of `idents` and what resolution needs of those owners; return them.
+
+        `may_create` names the profiles the batch's events would create: ids derive from
+        events, so a block from an unmerge can name a profile a replay is about to re-create.
+        """
         by_type: dict[str, list[str]] = {}
         for ident in set(idents):
             if ident not in self._owner:
@@ -67,6 +73,7 @@ class IdentityBatch:
                     self._owner[Identifier(kind, value)] = owner
         owners = set(self._owner.values()) - set(self._counts)
         self._load_profiles(conn, sorted(owners))
+        self._load_blocks(conn, sorted(set(may_create) - owners))
         return owners
 
     def _load_profiles(self, conn: Connection, profile_ids: list[str]) -> None:
@@ -88,6 +95,10 @@ class IdentityBatch:
             )
             for pid, count in conn.execute(merges):
                 self._merge_counts[pid] = int(count)
+        self._load_blocks(conn, profile_ids)
+
+    def _load_blocks(self, conn: Connection, profile_ids: list[str]) -> None:
+        for chunk in _chunks(profile_ids):
             blocks = sa.select(merge_blocks.c.profile_a, merge_blocks.c.profile_b).where(
                 sa.or_(merge_blocks.c.profile_a.in_(chunk), merge_blocks.c.profile_b.in_(chunk))
             )

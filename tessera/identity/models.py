@@ -45,5 +45,6 @@ merge_blocks = sa.Table(
     sa.Column("profile_a", PROFILE_ID, primary_key=True),
     sa.Column("profile_b", PROFILE_ID, primary_key=True),
     sa.Column("identifier", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )

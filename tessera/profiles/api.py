@@ -9,11 +9,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from tessera.api.deps import ConnectionDep, require
 from tessera.api.tokens import Principal
 from tessera.identity.config import IdentityRules
+from tessera.processor import Pipeline, unmerge
 from tessera.profiles import views
-from tessera.profiles.schemas import EventPage, IdentityDetail, MergeOut, ProfileOut
+from tessera.profiles.schemas import (
+    EventPage,
+    IdentityDetail,
+    MergeOut,
+    ProfileOut,
+    UnmergeIn,
+    UnmergeOut,
+)
 
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require("profiles:read"))]
+Writer = Annotated[Principal, Depends(require("profiles:write"))]
 
 REF_DOC = "A profile id (`prf_123`) or `TYPE:VALUE`, e.g. `email:jo@example.com`."
 
@@ -63,3 +72,22 @@ def list_merges(
 ) -> list[dict[str, object]]:
     """Each merge with its rule, the identifiers that linked, and the event that caused it."""
     return views.list_merges(conn, views.resolve_reference(conn, ref, _rules(request)))
+
+
+@router.post("/{ref}/unmerge", response_model=UnmergeOut, summary="Undo a wrong merge")
+def unmerge_profile(
+    ref: str, body: UnmergeIn, request: Request, conn: ConnectionDep, principal: Writer
+) -> dict[str, object]:
+    """Split the profiles that merge `merge_id` joined, re-attribute their events and
+    re-derive their traits from the log, and block the pair from merging again."""
+    pipeline: Pipeline = request.app.state.pipeline
+    profile_id = views.resolve_reference(conn, ref, _rules(request))
+    done = unmerge(
+        conn, pipeline, profile_id=profile_id, merge_id=body.merge_id, actor=principal.name
+    )
+    return {
+        "survivor_id": done.survivor_id,
+        "restored_id": done.restored_id,
+        "blocked_identifiers": done.identifiers,
+        "events_replayed": done.events_replayed,
+    }

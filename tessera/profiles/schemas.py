@@ -69,6 +69,19 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
 
 
+class UnmergeIn(BaseModel):
+    merge_id: int = Field(description="The id of the merge to undo, from GET .../merges.")
+
+
+class UnmergeOut(BaseModel):
+    survivor_id: str
+    restored_id: str = Field(description="The absorbed profile, back under its own id.")
+    blocked_identifiers: list[str] = Field(
+        description="The identifiers that linked the pair; they no longer merge these two."
+    )
+    events_replayed: int
+
+
 class MergeOut(BaseModel):
     id: int
     survivor_id: str

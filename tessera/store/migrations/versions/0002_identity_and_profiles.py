@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("profile_a", sa.String(length=32), nullable=False),
         sa.Column("profile_b", sa.String(length=32), nullable=False),
         sa.Column("identifier", sa.Text(), nullable=True),
+        sa.Column("created_by", sa.String(length=200), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("profile_a", "profile_b", name=op.f("pk_merge_blocks")),
     )
