@@ -9,11 +9,12 @@ import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import APIRouter
 from sqlalchemy.engine import Engine
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
 from tessera.processor import Processor, lag
+from tessera.processor_models import processor_state
 from tessera.store import current_revision, head_revision
 
 
@@ -66,5 +67,82 @@ def create_router(engine: Engine, writer: EventLogWriter, processor: Processor |
     async def readyz() -> JSONResponse:
         status, body = await anyio.to_thread.run_sync(run)
         return JSONResponse(body, status_code=status)
+
+    def metrics_text() -> str:
+        with engine.connect() as conn:
+            behind = lag(conn)
+            unattributed = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(processor_state.c.unattributed_events), 0))
+            ).scalar_one()
+        stats = writer.stats
+        gauges: list[tuple[str, str, str, float]] = [
+            (
+                "tessera_ingest_committed_events_total",
+                "counter",
+                "Events committed to the log by this process.",
+                stats.committed_events,
+            ),
+            (
+                "tessera_ingest_commits_total",
+                "counter",
+                "Group commits by this process.",
+                stats.commits,
+            ),
+            (
+                "tessera_ingest_queued_events",
+                "gauge",
+                "Events waiting for their commit.",
+                writer.queued_events,
+            ),
+            (
+                "tessera_ingest_rejected_overload_events_total",
+                "counter",
+                "Events refused with 429 because the queue was full.",
+                stats.rejected_overload,
+            ),
+            (
+                "tessera_processor_position",
+                "gauge",
+                "The last log position the processor applied.",
+                behind.position,
+            ),
+            (
+                "tessera_processor_lag_events",
+                "gauge",
+                "Events in the log not yet applied.",
+                behind.events,
+            ),
+            (
+                "tessera_processor_oldest_waiting_seconds",
+                "gauge",
+                "Age of the oldest event not yet applied.",
+                behind.oldest_age_seconds or 0.0,
+            ),
+            (
+                "tessera_processor_unattributed_events_total",
+                "counter",
+                "Events with no usable identifier.",
+                float(unattributed),
+            ),
+            (
+                "tessera_processor_failed_batches_total",
+                "counter",
+                "Processor batches that failed and were retried.",
+                processor.failures if processor else 0,
+            ),
+        ]
+        lines = []
+        for name, kind, help_text, value in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics: ingest and processor lag",
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> PlainTextResponse:
+        text = await anyio.to_thread.run_sync(metrics_text)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return router

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, Any]
-IDENTIFIER_TYPES = ("user_id", "anonymous_id", "email", "phone", "device_id")
 
 
 @dataclass(slots=True)

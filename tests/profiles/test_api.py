@@ -202,3 +202,19 @@ def test_readyz_reports_processor_lag(live: LiveTessera) -> None:
     assert body["processor"]["running"] is True
     assert body["processor"]["lag_events"] == 0
     assert body["processor"]["position"] == body["event_log"]["head_seq"]
+
+
+def test_metrics_expose_lag_and_ingest_counters(live: LiveTessera) -> None:
+    send_journey(live)
+    response = httpx.get(f"{live.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["tessera_processor_lag_events"] == 0
+    assert values["tessera_processor_position"] == len(JOURNEY)
+    assert values["tessera_ingest_committed_events_total"] == len(JOURNEY)
+    assert "# TYPE tessera_processor_oldest_waiting_seconds gauge" in response.text
