@@ -309,5 +309,67 @@ def worker() -> None:
     engine.dispose()
 
 
+@app.command()
+def demo(
+    people: Annotated[int, typer.Option(min=1, max=1_000_000, help="People to simulate.")] = 300,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same data.")] = 42,
+    url: Annotated[
+        str | None, typer.Option(help="A running Tessera to send to; default: one in-process.")
+    ] = None,
+    write_key: Annotated[str | None, typer.Option(help="Write key for --url.")] = None,
+) -> None:
+    """Load a realistic retail demo (a fashion shop's customers) through the tracking API."""
+    from rich.progress import Progress
+    from rich.table import Table as RichTable
+
+    from tessera.app import create_app
+    from tessera.demo import demo_summary, generate, send
+    from tessera.ingest.sources import create_source, get_source
+    from tessera.local_server import serve_in_thread
+    from tessera.processor import wait_until_caught_up
+
+    settings = _settings()
+    configure_logging(level="warning", fmt=settings.log_format)
+    if url and not write_key:
+        _fail("--url needs --write-key, the key of a source on that server")
+    with _errors():
+        engine = _migrated_engine(settings)
+        with engine.begin() as conn:
+            try:
+                source = get_source(conn, name="demo")
+            except TesseraError:
+                source = create_source(conn, name="demo")
+    dataset = generate(seed=seed, people=people, region=settings.identity_phone_region)
+    out.print(f"generated {len(dataset.messages)} events for {people} people (seed {seed})")
+
+    def load(base_url: str, key: str) -> None:
+        with Progress(console=err) as progress:
+            task = progress.add_task("sending", total=len(dataset.messages))
+            send(
+                dataset,
+                base_url=base_url,
+                write_key=key,
+                progress=lambda n: progress.advance(task, n),
+            )
+
+    with _errors():
+        if url:
+            assert write_key is not None
+            load(url, write_key)
+        else:
+            with serve_in_thread(create_app(settings, engine=engine)) as base_url:
+                load(base_url, source.write_key)
+                wait_until_caught_up(engine, timeout=600)
+    table = RichTable("what", "count")
+    for key, value in demo_summary(dataset).items():
+        table.add_row(key, str(value))
+    out.print(table)
+    example = next(person for person in dataset.people if person.identified and person.emails)
+    out.print(
+        f"try: GET /api/v1/profiles/email:{example.emails[-1]} with a token from "
+        "`tessera token create me`"
+    )
+
+
 def main() -> None:
     app()

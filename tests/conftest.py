@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine, make_url
 from tessera.app import create_app
 from tessera.config import Settings
 from tessera.ingest.sources import Source, create_source
+from tessera.local_server import serve_in_thread
 from tessera.store import create_store_engine, upgrade
-from tests.live_server import serve_in_thread
 from tests.pg_server import find_bindir, running_postgres
 
 BACKENDS = ("sqlite", "postgresql")

@@ -110,7 +110,7 @@ def test_disabled_source_is_refused(live: LiveTessera) -> None:
         set_source_enabled(conn, name=live.source.name, enabled=False)
     # A fresh server, so that the write key cache does not remember the enabled source.
     from tessera.app import create_app
-    from tests.live_server import serve_in_thread
+    from tessera.local_server import serve_in_thread
 
     with serve_in_thread(create_app(live.settings, engine=live.engine)) as url:
         response = httpx.post(

@@ -1,4 +1,5 @@
-"""Run a Tessera app under uvicorn on a loopback port, in a thread, for HTTP tests."""
+"""Run a Tessera app under uvicorn on a loopback port in a thread: for `tessera demo`
+(which loads data through the real HTTP API) and for the HTTP tests."""
 
 from __future__ import annotations
 
