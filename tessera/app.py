@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.pipeline = pipeline
     app.state.identity_rules = rules
     api_errors.install_error_handlers(app)
-    app.include_router(health.create_router(engine, writer, processor))
+    app.include_router(health.create_router(engine, writer, processor, pipeline))
     app.include_router(profiles_api.router)
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)

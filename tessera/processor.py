@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +74,9 @@ class Pipeline:
         self.config = config
         self.rules = config.rules
         self._policies: TraitPolicies | None = None
+        # Identifiers the rules left unlinked, by reason (counted once a batch commits).
+        self.dropped: Counter[str] = Counter()
+        self._pending_drops: Counter[str] = Counter()
 
     def policies(self, conn: Connection, source_ids: set[int]) -> TraitPolicies:
         if self._policies is None or not source_ids <= set(self._policies.source_names):
@@ -84,6 +88,7 @@ class Pipeline:
 
     def apply_batch(self, conn: Connection, rows: list[Any]) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile."""
+        self._pending_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
         wanted = [ident for item in batch for ident in item.idents]
@@ -105,6 +110,11 @@ class Pipeline:
             for seq, pid in profile_state.attribution
         ]
 
+    def commit_counts(self) -> None:
+        """Called with the batch's commit; a rolled-back batch's drops are not counted."""
+        self.dropped += self._pending_drops
+        self._pending_drops = Counter()
+
     def _parse(self, row: Any) -> _Event:
         payload = orjson.loads(row.payload)
         return _Event(row, payload, extract_identifiers(payload, self.rules))
@@ -122,6 +132,8 @@ class Pipeline:
         resolution = graph.resolve(
             graph_state, seq=row.seq, idents=item.idents, rules=self.rules, alias_of=alias_of
         )
+        for dropped in resolution.dropped:
+            self._pending_drops[dropped.reason] += 1
         profile_id = resolution.profile_id
         if profile_id is None:
             profile_state.attribute(row.seq, None)
@@ -200,6 +212,7 @@ def run_once(
             return 0
         attributed = pipeline.apply_batch(conn, rows)
         missing = sum(1 for _, pid in attributed if pid is None)
+        pipeline.commit_counts()
         conn.execute(
             sa.update(processor_state)
             .where(processor_state.c.name == name)

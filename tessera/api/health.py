@@ -13,12 +13,17 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
-from tessera.processor import Processor, lag
+from tessera.processor import Pipeline, Processor, lag
 from tessera.processor_models import processor_state
 from tessera.store import current_revision, head_revision
 
 
-def create_router(engine: Engine, writer: EventLogWriter, processor: Processor | None) -> APIRouter:
+def create_router(
+    engine: Engine,
+    writer: EventLogWriter,
+    processor: Processor | None,
+    pipeline: Pipeline | None = None,
+) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="The process is alive")
@@ -134,6 +139,13 @@ def create_router(engine: Engine, writer: EventLogWriter, processor: Processor |
         lines = []
         for name, kind, help_text, value in gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        dropped = "tessera_identity_dropped_identifiers_total"
+        lines += [
+            f"# HELP {dropped} Identifiers the identity rules left unlinked, by reason.",
+            f"# TYPE {dropped} counter",
+        ]
+        for reason, count in sorted((pipeline.dropped if pipeline else {}).items()):
+            lines.append(f'{dropped}{{reason="{reason}"}} {count}')
         return "\n".join(lines) + "\n"
 
     @router.get(

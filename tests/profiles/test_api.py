@@ -218,3 +218,18 @@ def test_metrics_expose_lag_and_ingest_counters(live: LiveTessera) -> None:
     assert values["tessera_processor_position"] == len(JOURNEY)
     assert values["tessera_ingest_committed_events_total"] == len(JOURNEY)
     assert "# TYPE tessera_processor_oldest_waiting_seconds gauge" in response.text
+
+
+def test_identifiers_dropped_by_the_rules_are_counted(live: LiveTessera) -> None:
+    shared = {"anonymousId": "shared-tablet"}
+    batch = [
+        {"type": "identify", "userId": "mum", **shared},
+        {"type": "identify", "userId": "son", **shared},
+    ]
+    assert post(live, "/v1/batch", {"batch": batch}).status_code == 200
+    wait_until_caught_up(live.engine)
+    text = httpx.get(f"{live.url}/metrics").text
+    assert (
+        'tessera_identity_dropped_identifiers_total{reason="linking would exceed an identifier limit"} 1'
+        in text
+    )
