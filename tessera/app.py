@@ -13,6 +13,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tessera import __version__
 from tessera.api import errors as api_errors
 from tessera.api import health
+from tessera.api.security import SecurityMiddleware
+from tessera.audit import api as audit_api
+from tessera.auth import api as auth_api
 from tessera.config import Settings
 from tessera.eventlog import EventLogWriter
 from tessera.identity.config import IdentityRules
@@ -98,6 +101,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer, processor, pipeline))
     app.include_router(profiles_api.router)
+    app.include_router(auth_api.router)
+    app.include_router(audit_api.router)
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )
@@ -105,4 +110,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(
         TrackingDispatch, tracking=tracking, allow_origins=settings.cors_allow_origins
     )
+    # Added last, so it wraps everything: every response gets the security headers.
+    app.add_middleware(SecurityMiddleware, max_body_bytes=settings.api_max_body_bytes)
     return app

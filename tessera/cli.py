@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import secrets
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from tessera.errors import TesseraError
 from tessera.ingest.sources import Source
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from tessera.auth.tokens import Principal
     from tessera.processor import Pipeline
 from tessera.logs import configure_logging
 
@@ -31,6 +35,8 @@ source_app = typer.Typer(
 app.add_typer(source_app, name="source")
 token_app = typer.Typer(help="API tokens for the management API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+user_app = typer.Typer(help="Users of the web UI and API.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -127,6 +133,7 @@ def serve(
             sources = list_sources(conn)
             if not sources:
                 sources = [create_source(conn, name="default")]
+            _first_admin(conn, settings)
     enabled = [source for source in sources if source.enabled]
     _banner(settings, enabled[0] if enabled else None)
     application = create_app(settings, engine=engine)
@@ -222,9 +229,17 @@ def token_create(
     ] = "admin",
 ) -> None:
     """Create an API token; it is printed once, as the last line, and stored hashed."""
-    from tessera.api.tokens import create_token
+    from tessera.audit.service import record
+    from tessera.auth.tokens import create_token
 
-    token, principal = _in_transaction(_settings(), create_token, name=name, role=role)
+    def create(conn: Connection) -> tuple[str, Principal]:
+        token, principal = create_token(conn, name=name, role=role)
+        record(
+            conn, actor="cli", action="token.create", target=f"token:{name}", details={"role": role}
+        )
+        return token, principal
+
+    token, principal = _in_transaction(_settings(), create)
     out.print(f"created token {principal.name!r} (id {principal.token_id}, role {principal.role})")
     out.print("it is shown only now; keep it:")
     out.print(token, markup=False)
@@ -235,10 +250,92 @@ def token_revoke(
     token_id: Annotated[int, typer.Argument(help="The id `token create` printed.")],
 ) -> None:
     """Revoke an API token at once."""
-    from tessera.api.tokens import revoke_token
+    from tessera.audit.service import record
+    from tessera.auth.tokens import revoke_token
 
-    _in_transaction(_settings(), revoke_token, token_id=token_id)
+    def revoke(conn: Connection) -> None:
+        revoke_token(conn, token_id=token_id)
+        record(conn, actor="cli", action="token.revoke", target=f"token_id:{token_id}")
+
+    _in_transaction(_settings(), revoke)
     out.print(f"revoked token {token_id}")
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Argument(help="The user's email; they sign in with it.")],
+    role: Annotated[
+        str, typer.Option(help="admin, marketer, sales, support or analyst.")
+    ] = "marketer",
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="At least 12 characters; default: generated and printed once.",
+            envvar="TESSERA_NEW_USER_PASSWORD",
+        ),
+    ] = None,
+) -> None:
+    """Create a user of the web UI and API."""
+    from tessera.audit.service import record
+    from tessera.auth.users import User, create_user
+
+    chosen = password or secrets.token_urlsafe(15)
+
+    def create(conn: Connection) -> User:
+        user = create_user(conn, email=email, password=chosen, role=role)
+        record(conn, actor="cli", action="user.create", target=user.email, details={"role": role})
+        return user
+
+    user = _in_transaction(_settings(), create)
+    out.print(f"created user {user.email} (id {user.id}, role {user.role})")
+    if password is None:
+        out.print("their password, shown only now:")
+        out.print(chosen, markup=False)
+
+
+@user_app.command("reset-password")
+def user_reset_password(email: Annotated[str, typer.Argument(help="The user's email.")]) -> None:
+    """Print a one-time password reset token (POST it to /api/v1/auth/reset-password)."""
+    from datetime import timedelta
+
+    from tessera.audit.service import record
+    from tessera.auth.users import create_password_reset
+
+    settings = _settings()
+
+    def reset(conn: Connection) -> str:
+        token = create_password_reset(
+            conn, email=email, ttl=timedelta(minutes=settings.password_reset_minutes)
+        )
+        record(conn, actor="cli", action="auth.reset_requested", target=email.strip().lower())
+        return token
+
+    token = _in_transaction(settings, reset)
+    minutes = settings.password_reset_minutes
+    out.print(f"a one-time reset token for {email.strip().lower()}, valid {minutes:g} minutes:")
+    out.print(token, markup=False)
+
+
+def _first_admin(conn: Connection, settings: Settings) -> None:
+    """On a store with no users, create the admin (printing a generated password once)."""
+    from tessera.audit.service import record
+    from tessera.auth.users import count_users, create_user
+
+    if count_users(conn):
+        return
+    given = settings.admin_password.get_secret_value() if settings.admin_password else None
+    password = given or secrets.token_urlsafe(15)
+    user = create_user(conn, email=settings.admin_email, password=password, role="admin")
+    record(
+        conn,
+        actor="cli",
+        action="user.create",
+        target=user.email,
+        details={"role": "admin", "first_start": True},
+    )
+    out.print(f"created the first admin: {user.email}")
+    if given is None:
+        out.print(f"  password (shown only now): {password}", markup=False)
 
 
 def _pipeline(settings: Settings) -> Pipeline:

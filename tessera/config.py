@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BLOCKED_VALUES = (
@@ -186,6 +186,48 @@ class Settings(BaseSettings):
         description=(
             "How often an idle processor looks for new events written by other processes "
             "(events written by this process wake it at once)."
+        ),
+    )
+
+    admin_email: str = Field(
+        default="admin@example.com",
+        description="Email of the admin `tessera serve` creates on a store with no users.",
+    )
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Password of that first admin (at least 12 characters). Without it, a random "
+            "password is generated and printed once."
+        ),
+    )
+    session_ttl_hours: float = Field(
+        default=12, gt=0, description="How long a web session lasts after sign-in."
+    )
+    session_cookie_secure: bool = Field(
+        default=True,
+        description=(
+            "Mark the session cookie Secure (sent over HTTPS only; browsers also send it to "
+            "http://localhost). Turn off only for plain-HTTP testing on another host."
+        ),
+    )
+    login_max_failures_per_account: int = Field(
+        default=5, ge=1, description="Failed sign-ins on one account before it is locked out."
+    )
+    login_max_failures_per_ip: int = Field(
+        default=20, ge=1, description="Failed sign-ins from one IP address before it is locked out."
+    )
+    login_window_minutes: float = Field(
+        default=15, gt=0, description="The window in which failed sign-ins are counted."
+    )
+    login_lockout_minutes: float = Field(default=15, gt=0, description="How long a lockout lasts.")
+    password_reset_minutes: float = Field(
+        default=60, gt=0, description="How long a password reset token stays valid."
+    )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description=(
+            "Largest request body the management API accepts (the tracking API has its own limits)."
         ),
     )
 

@@ -1,27 +1,47 @@
-"""FastAPI dependencies shared by the management API: the store session and the caller.
+"""FastAPI dependencies of the management API: the store connection and the caller.
 
-Every /api/v1 route declares its permission where it is defined, with `Depends(require(...))`.
+The caller is a `Principal`: an API token (`Authorization: Bearer`) or a signed-in user
+(the session cookie). A state-changing request authenticated by the cookie must carry the
+session's CSRF token in `X-CSRF-Token`; a token-authenticated one need not (a browser never
+adds the Authorization header on its own).
+
+Every /api/v1 route declares its permission where it is defined: `Depends(require("x"))`,
+or `Depends(public)` for the few that need no one signed in (login, password reset).
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import Connection, Engine
 
-from tessera.api.tokens import TOKEN_PREFIX, Principal, authenticate
+from tessera.auth.permissions import PERMISSIONS, allowed
+from tessera.auth.sessions import COOKIE_NAME, CSRF_HEADER, get_session
+from tessera.auth.tokens import TOKEN_PREFIX, authenticate
 from tessera.errors import Forbidden, Unauthorized
 
-# What each role may do; issue-level detail (ownership, PII masking) builds on this.
-PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"profiles:read", "profiles:write"}),
-    "marketer": frozenset({"profiles:read", "profiles:write"}),
-    "sales": frozenset({"profiles:read"}),
-    "support": frozenset({"profiles:read"}),
-    "analyst": frozenset({"profiles:read"}),
-}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, whichever way they authenticated."""
+
+    kind: str  # "token" or "user"
+    id: int
+    name: str  # the token's name or the user's email
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def may(self, permission: str) -> bool:
+        return allowed(self.role, permission)
 
 
 def get_connection(request: Request) -> Iterator[Connection]:
@@ -34,33 +54,60 @@ def get_connection(request: Request) -> Iterator[Connection]:
 ConnectionDep = Annotated[Connection, Depends(get_connection)]
 
 
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 def current_principal(request: Request, conn: ConnectionDep) -> Principal:
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized("send an API token as `Authorization: Bearer <token>`")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("the management API takes `Authorization: Bearer <token>`")
-    token = token.strip()
-    principal = authenticate(conn, token)
-    if principal is None:
-        if not token.startswith(TOKEN_PREFIX):
-            raise Unauthorized(
-                "that is not an API token (a write key only sends events); create one with "
-                "`tessera token create NAME --role ROLE`"
-            )
-        raise Unauthorized("the API token is unknown or revoked")
-    return principal
+    if header:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("the management API takes `Authorization: Bearer <token>`")
+        found = authenticate(conn, token)
+        if found is None:
+            if not token.startswith(TOKEN_PREFIX):
+                raise Unauthorized(
+                    "that is not an API token (a write key only sends events); create one "
+                    "with `tessera token create NAME --role ROLE`"
+                )
+            raise Unauthorized("the API token is unknown or revoked")
+        return Principal("token", found.token_id, found.name, found.role)
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie:
+        session = get_session(conn, cookie)
+        if session is None:
+            raise Unauthorized("the session has expired or was ended; sign in again")
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+                raise Forbidden(
+                    "this request needs the session's CSRF token in the X-CSRF-Token header"
+                )
+        return Principal("user", session.user_id, session.email, session.role)
+    raise Unauthorized("sign in, or send an API token as `Authorization: Bearer <token>`")
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def require(permission: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets through only callers whose role has `permission`."""
+    if permission not in PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}; add it to auth/permissions.py")
+
     def check(principal: CurrentPrincipal) -> Principal:
-        if permission not in PERMISSIONS.get(principal.role, frozenset()):
+        if not principal.may(permission):
             raise Forbidden(f"role {principal.role!r} may not {permission.replace(':', ' ')}")
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]
     return check
+
+
+def public() -> None:
+    """Marks a route that needs no one signed in (sign-in itself, password reset)."""
+
+
+public.permission = "public"  # type: ignore[attr-defined]

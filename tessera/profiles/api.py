@@ -6,11 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tessera.api.deps import ConnectionDep, require
-from tessera.api.tokens import Principal
+from tessera.api.deps import ConnectionDep, Principal, client_ip, require
+from tessera.audit.service import record
+from tessera.errors import Forbidden
 from tessera.identity.config import IdentityRules
 from tessera.processor import Pipeline, unmerge
 from tessera.profiles import views
+from tessera.profiles.masking import PII_IDENTITY_TYPES, mask_profile
 from tessera.profiles.schemas import (
     EventPage,
     IdentityDetail,
@@ -32,10 +34,21 @@ def _rules(request: Request) -> IdentityRules:
     return rules
 
 
+def _resolve(conn: ConnectionDep, ref: str, request: Request, principal: Principal) -> str:
+    if not principal.may("pii:read") and ref.partition(":")[0] in PII_IDENTITY_TYPES:
+        # Looking people up by email or phone would reveal who is a customer.
+        raise Forbidden(f"role {principal.role!r} may not look profiles up by personal data")
+    return views.resolve_reference(conn, ref, _rules(request))
+
+
 @router.get("/{ref}", response_model=ProfileOut, summary="One unified profile")
-def get_profile(ref: str, request: Request, conn: ConnectionDep, _: Reader) -> dict[str, object]:
-    """The profile `ref` resolves to (an absorbed id resolves to its survivor)."""
-    return views.get_profile(conn, views.resolve_reference(conn, ref, _rules(request)))
+def get_profile(
+    ref: str, request: Request, conn: ConnectionDep, principal: Reader
+) -> dict[str, object]:
+    """The profile `ref` resolves to (an absorbed id resolves to its survivor). Personal data
+    is masked for roles without `pii:read`."""
+    body = views.get_profile(conn, _resolve(conn, ref, request, principal))
+    return body if principal.may("pii:read") else mask_profile(body)
 
 
 @router.get("/{ref}/events", response_model=EventPage, summary="The profile's timeline")
@@ -44,7 +57,7 @@ def list_events(
     *,
     request: Request,
     conn: ConnectionDep,
-    _: Reader,
+    principal: Reader,
     type: Annotated[list[str] | None, Query(description="Only these message types.")] = None,
     name: Annotated[list[str] | None, Query(description="Only these event or page names.")] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -81,9 +94,21 @@ def unmerge_profile(
     """Split the profiles that merge `merge_id` joined, re-attribute their events and
     re-derive their traits from the log, and block the pair from merging again."""
     pipeline: Pipeline = request.app.state.pipeline
-    profile_id = views.resolve_reference(conn, ref, _rules(request))
+    profile_id = _resolve(conn, ref, request, principal)
     done = unmerge(
-        conn, pipeline, profile_id=profile_id, merge_id=body.merge_id, actor=principal.name
+        conn, pipeline, profile_id=profile_id, merge_id=body.merge_id, actor=principal.actor
+    )
+    record(
+        conn,
+        actor=principal.actor,
+        action="profile.unmerge",
+        target=profile_id,
+        ip=client_ip(request),
+        details={
+            "merge_id": body.merge_id,
+            "restored": done.restored_id,
+            "events": done.events_replayed,
+        },
     )
     return {
         "survivor_id": done.survivor_id,

@@ -26,7 +26,8 @@ MODEL_MODULES = (
     "tessera.identity.models",
     "tessera.profiles.models",
     "tessera.processor_models",
-    "tessera.api.models",
+    "tessera.auth.models",
+    "tessera.audit.models",
 )
 
 

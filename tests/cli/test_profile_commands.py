@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from tessera.api.tokens import authenticate
+from tessera.auth.tokens import authenticate
 from tessera.store import create_store_engine
 from tests.cli.test_cli import run
 

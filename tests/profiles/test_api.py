@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tessera.api.tokens import create_token, revoke_token
+from tessera.auth.tokens import create_token, revoke_token
 from tessera.processor import wait_until_caught_up
 from tests.conftest import LiveTessera
 from tests.ingest.helpers import post

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tessera.api.tokens import create_token
+from tessera.auth.tokens import create_token
 from tessera.processor import reset_derived_state, wait_until_caught_up
 from tests.conftest import LiveTessera
 from tests.identity.helpers import process, snapshot

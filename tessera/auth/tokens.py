@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tessera.api.models import api_tokens
+from tessera.auth.models import api_tokens
+from tessera.auth.permissions import ROLES
 from tessera.errors import BadRequest, NotFound
 
 TOKEN_PREFIX = "tsk_"
-ROLES = ("admin", "marketer", "sales", "support", "analyst")
 # Writing last_used_at on every request would make reads write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -68,6 +68,21 @@ def authenticate(conn: Connection, token: str) -> Principal | None:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         conn.execute(api_tokens.update().where(api_tokens.c.id == row.id).values(last_used_at=now))
     return Principal(row.id, row.name, row.role)
+
+
+def list_tokens(conn: Connection) -> list[dict[str, object]]:
+    columns = [c for c in api_tokens.c if c.name != "token_hash"]
+    return [
+        dict(row._mapping) for row in conn.execute(sa.select(*columns).order_by(api_tokens.c.id))
+    ]
+
+
+def get_token(conn: Connection, *, token_id: int) -> dict[str, object]:
+    columns = [c for c in api_tokens.c if c.name != "token_hash"]
+    row = conn.execute(sa.select(*columns).where(api_tokens.c.id == token_id)).first()
+    if row is None:
+        raise NotFound(f"no token has id {token_id}")
+    return dict(row._mapping)
 
 
 def revoke_token(conn: Connection, *, token_id: int) -> None:

@@ -1,0 +1,97 @@
+"""Hardening for every response: security headers, and a size limit on request bodies.
+
+Pure ASGI, wrapped around the whole app (the tracking API keeps its own, tighter, limits).
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tessera.errors import PayloadTooLarge
+
+STRICT_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
+)
+# The interactive API docs load Swagger UI's script and styles from its CDN.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
+    "https://fastapi.tiangolo.com; frame-ancestors 'none'; object-src 'none'"
+)
+
+
+def _headers(path: str) -> list[tuple[bytes, bytes]]:
+    csp = DOCS_CSP if path in ("/docs", "/redoc") else STRICT_CSP
+    return [
+        (b"content-security-policy", csp.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+
+_STRICT = _headers("/")
+_DOCS = _headers("/docs")
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        extra = _DOCS if path in ("/docs", "/redoc") else _STRICT
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if path.startswith("/v1/"):  # the tracking API enforces its own limits
+            await self.app(scope, receive, send_with_headers)
+            return
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _refuse(send_with_headers, limit)
+                return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPError, so the app's one error handler renders the 413.
+                    raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted_receive, send_with_headers)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = orjson.dumps(
+        {
+            "success": False,
+            "code": "payload_too_large",
+            "message": f"the request body is over the limit of {limit} bytes",
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

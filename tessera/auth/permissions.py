@@ -1,0 +1,29 @@
+"""Roles and what each may do: the one table that API and UI authorisation both read.
+
+A route declares its permission where it is defined, with `Depends(require("..."))`, or
+`Depends(public)`; `tests/auth/test_permission_matrix.py` fails for a route with neither.
+"""
+
+from __future__ import annotations
+
+ROLES = ("admin", "marketer", "sales", "support", "analyst")
+
+EVERYONE = frozenset(ROLES)
+
+# permission → the roles that have it. Later capabilities add their own rows here
+# (audiences, destinations, CRM records, tickets), so the matrix stays in one place.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "profiles:read": EVERYONE,
+    "profiles:write": frozenset({"admin", "marketer"}),
+    # Raw personal data (emails, phones, names, IPs); analysts see it masked.
+    "pii:read": frozenset({"admin", "marketer", "sales", "support"}),
+    "sources:manage": frozenset({"admin", "marketer"}),
+    "tokens:manage": frozenset({"admin"}),
+    "users:manage": frozenset({"admin"}),
+    "audit:read": frozenset({"admin"}),
+    "self": EVERYONE,  # one's own session and identity
+}
+
+
+def allowed(role: str, permission: str) -> bool:
+    return role in PERMISSIONS.get(permission, frozenset())
