@@ -8,8 +8,6 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tessera.errors import PayloadTooLarge
-
 STRICT_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
@@ -62,18 +60,31 @@ class SecurityMiddleware:
                 await _refuse(send_with_headers, limit)
                 return
         received = 0
+        refused = False
 
         async def counted_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # An HTTPError, so the app's one error handler renders the 413.
-                    raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+                    # Answer 413 now; to the app, the client has gone away.
+                    refused = True
+                    await _refuse(send_with_headers, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted_receive, send_with_headers)
+        async def send_unless_refused(message: Message) -> None:
+            if not refused:
+                await send_with_headers(message)
+
+        try:
+            await self.app(scope, counted_receive, send_unless_refused)
+        except Exception:
+            if not refused:
+                raise  # after a 413 the app's complaint about the lost client is moot
 
 
 async def _refuse(send: Send, limit: int) -> None:

@@ -12,7 +12,7 @@ from tessera.errors import Forbidden
 from tessera.identity.config import IdentityRules
 from tessera.processor import Pipeline, unmerge
 from tessera.profiles import views
-from tessera.profiles.masking import PII_IDENTITY_TYPES, mask_profile
+from tessera.profiles.masking import PII_IDENTITY_TYPES, mask_event, mask_identities, mask_profile
 from tessera.profiles.schemas import (
     EventPage,
     IdentityDetail,
@@ -64,27 +64,38 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, object]:
     """Newest first, by corrected timestamp; follow `next_cursor` for older events."""
-    profile_id = views.resolve_reference(conn, ref, _rules(request))
-    return views.list_profile_events(
+    profile_id = _resolve(conn, ref, request, principal)
+    page = views.list_profile_events(
         conn, profile_id, types=type, names=name, cursor=cursor, limit=limit
     )
+    if not principal.may("pii:read"):
+        page["items"] = [mask_event(item) for item in page["items"]]
+    return page
 
 
 @router.get(
     "/{ref}/identities", response_model=list[IdentityDetail], summary="The profile's identifiers"
 )
 def list_identities(
-    ref: str, request: Request, conn: ConnectionDep, _: Reader
+    ref: str, request: Request, conn: ConnectionDep, principal: Reader
 ) -> list[dict[str, object]]:
-    return views.list_identities(conn, views.resolve_reference(conn, ref, _rules(request)))
+    items = views.list_identities(conn, _resolve(conn, ref, request, principal))
+    return items if principal.may("pii:read") else mask_identities(items)
 
 
 @router.get("/{ref}/merges", response_model=list[MergeOut], summary="How the profile was merged")
 def list_merges(
-    ref: str, request: Request, conn: ConnectionDep, _: Reader
+    ref: str, request: Request, conn: ConnectionDep, principal: Reader
 ) -> list[dict[str, object]]:
     """Each merge with its rule, the identifiers that linked, and the event that caused it."""
-    return views.list_merges(conn, views.resolve_reference(conn, ref, _rules(request)))
+    merges = views.list_merges(conn, _resolve(conn, ref, request, principal))
+    if not principal.may("pii:read"):
+        for merge in merges:
+            merge["identifiers"] = [
+                f"{kind}:***" if kind in PII_IDENTITY_TYPES else f"{kind}:{value}"
+                for kind, _, value in (item.partition(":") for item in merge["identifiers"])
+            ]
+    return merges
 
 
 @router.post("/{ref}/unmerge", response_model=UnmergeOut, summary="Undo a wrong merge")
