@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.engine import Connection, Engine
 
 from tessera.auth.permissions import PERMISSIONS, allowed
@@ -25,6 +25,10 @@ from tessera.auth.tokens import TOKEN_PREFIX, authenticate
 from tessera.errors import Forbidden, Unauthorized
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Ids are INTEGER columns (32-bit on PostgreSQL): anything beyond is refused with 422, never
+# passed to the database.
+MAX_ID = 2_147_483_647
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,22 +57,36 @@ class SecurityMiddleware:
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _refuse(send_with_headers, limit)
+                await _refuse(send_with_headers, 413, _too_large(limit))
                 return
+        query: bytes = scope.get("query_string", b"")
+        if "\x00" in path or b"%00" in query.lower() or b"\x00" in query:
+            await _refuse(send_with_headers, 400, NUL_MESSAGE)
+            return
         received = 0
         refused = False
+        tail = b""
 
-        async def counted_receive() -> Message:
-            nonlocal received, refused
+        async def checked_receive() -> Message:
+            nonlocal received, refused, tail
             if refused:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk: bytes = message.get("body", b"")
+                received += len(chunk)
+                # The store cannot hold NUL in text; refuse it here, for every route at once.
+                window = tail + chunk
+                problem = None
                 if received > limit:
-                    # Answer 413 now; to the app, the client has gone away.
+                    problem = (413, _too_large(limit))
+                elif b"\\u0000" in window or b"\x00" in window:
+                    problem = (400, NUL_MESSAGE)
+                tail = window[-5:]
+                if problem is not None:
+                    # Answer now; to the app, the client has gone away.
                     refused = True
-                    await _refuse(send_with_headers, limit)
+                    await _refuse(send_with_headers, *problem)
                     return {"type": "http.disconnect"}
             return message
 
@@ -81,28 +95,37 @@ class SecurityMiddleware:
                 await send_with_headers(message)
 
         try:
-            await self.app(scope, counted_receive, send_unless_refused)
+            await self.app(scope, checked_receive, send_unless_refused)
         except Exception:
             if not refused:
-                raise  # after a 413 the app's complaint about the lost client is moot
+                raise  # after our answer the app's complaint about the lost client is moot
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = orjson.dumps(
-        {
-            "success": False,
-            "code": "payload_too_large",
-            "message": f"the request body is over the limit of {limit} bytes",
-        }
-    )
+NUL_MESSAGE = {
+    "success": False,
+    "code": "bad_request",
+    "message": "the request contains a NUL character (\\u0000), which no field accepts",
+}
+
+
+def _too_large(limit: int) -> dict[str, object]:
+    return {
+        "success": False,
+        "code": "payload_too_large",
+        "message": f"the request body is over the limit of {limit} bytes",
+    }
+
+
+async def _refuse(send: Send, status: int, body: dict[str, object]) -> None:
+    content = orjson.dumps(body)
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(len(content)).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": content})

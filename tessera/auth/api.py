@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.engine import Engine
 
-from tessera.api.deps import ConnectionDep, Principal, client_ip, public, require
+from tessera.api.deps import ConnectionDep, IdPath, Principal, client_ip, public, require
 from tessera.audit.service import record, record_failure
 from tessera.auth import sessions, throttle, tokens, users
 from tessera.auth.permissions import PERMISSIONS
@@ -170,7 +170,7 @@ def create_token(
     "/tokens/{token_id}", status_code=204, tags=["tokens"], summary="Revoke an API token"
 )
 def revoke_token(
-    token_id: int, request: Request, conn: ConnectionDep, principal: TokenAdmin
+    token_id: IdPath, request: Request, conn: ConnectionDep, principal: TokenAdmin
 ) -> None:
     tokens.revoke_token(conn, token_id=token_id)
     record(
@@ -212,7 +212,7 @@ def create_user(
     summary="Change a user's role or state",
 )
 def update_user(
-    user_id: int, body: UserPatch, request: Request, conn: ConnectionDep, principal: UserAdmin
+    user_id: IdPath, body: UserPatch, request: Request, conn: ConnectionDep, principal: UserAdmin
 ) -> dict[str, object]:
     before = users.get_user(conn, user_id=user_id)
     user = users.update_user(conn, user_id=user_id, role=body.role, active=body.active)

@@ -70,7 +70,9 @@ class EventPage(BaseModel):
 
 
 class UnmergeIn(BaseModel):
-    merge_id: int = Field(description="The id of the merge to undo, from GET .../merges.")
+    merge_id: int = Field(
+        ge=1, le=2_147_483_647, description="The id of the merge to undo, from GET .../merges."
+    )
 
 
 class UnmergeOut(BaseModel):

@@ -189,3 +189,22 @@ def test_management_bodies_are_size_limited(live: LiveTessera, admin: str) -> No
         content=chunks(),
     )
     assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "audit", {"params": {"actor": "a\x00b"}}, 400),
+        ("GET", "profiles/user_id:u%001", {}, 400),
+        ("POST", "tokens", {"json": {"name": "a\x00b", "role": "analyst"}}, 400),
+        ("POST", "auth/login", {"json": {"email": "a\x00b@example.com", "password": "x"}}, 400),
+        ("DELETE", f"tokens/{2**63}", {}, 422),
+        ("PATCH", f"users/{2**31}", {"json": {"active": True}}, 422),
+        ("POST", "profiles/user_id:u/unmerge", {"json": {"merge_id": 2**63}}, 422),
+    ],
+)
+def test_values_the_store_cannot_hold_are_refused_up_front(
+    live: LiveTessera, admin: str, method: str, path: str, kwargs: dict[str, object], status: int
+) -> None:
+    response = api(live, method, path, admin, **kwargs)
+    assert response.status_code == status, response.text
