@@ -204,7 +204,7 @@ def test_management_bodies_are_size_limited(live: LiveTessera, admin: str) -> No
     ],
 )
 def test_values_the_store_cannot_hold_are_refused_up_front(
-    live: LiveTessera, admin: str, method: str, path: str, kwargs: dict[str, object], status: int
+    live: LiveTessera, admin: str, *, method: str, path: str, kwargs: dict[str, object], status: int
 ) -> None:
     response = api(live, method, path, admin, **kwargs)
     assert response.status_code == status, response.text
