@@ -47,6 +47,7 @@ class IdentityBatch:
         self._merge_counts: dict[str, int] = {}
         self._blocks: set[tuple[str, str]] = set()
         self._redirect: dict[str, str] = {}
+        self._any_blocks: bool | None = None
         self.new_links: list[tuple[Identifier, str, int]] = []
         self.merges: list[Merge] = []
 
@@ -98,6 +99,13 @@ class IdentityBatch:
         self._load_blocks(conn, profile_ids)
 
     def _load_blocks(self, conn: Connection, profile_ids: list[str]) -> None:
+        if self._any_blocks is None:
+            # Most stores have no unmerge blocks at all: one cheap probe saves big IN lists.
+            self._any_blocks = (
+                conn.execute(sa.select(merge_blocks.c.profile_a).limit(1)).first() is not None
+            )
+        if not self._any_blocks:
+            return
         for chunk in _chunks(profile_ids):
             blocks = sa.select(merge_blocks.c.profile_a, merge_blocks.c.profile_b).where(
                 sa.or_(merge_blocks.c.profile_a.in_(chunk), merge_blocks.c.profile_b.in_(chunk))

@@ -216,12 +216,11 @@ class ProfileBatch:
         ]
         upsert(conn, profile_accounts, account_rows, keys=("profile_id", "group_id"))
         if self.attribution:
-            conn.execute(
-                event_profiles.insert(),
-                [
-                    {"seq": seq, "profile_id": resolve(pid) if pid else None}
-                    for seq, pid in self.attribution
-                ],
+            # One row per event: plain tuples to the driver, as the event log's appends do.
+            marker = "?" if conn.dialect.name == "sqlite" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO event_profiles (seq, profile_id) VALUES ({marker}, {marker})",
+                [(seq, resolve(pid) if pid else None) for seq, pid in self.attribution],
             )
 
     def _row(self, profile_id: str) -> dict[str, Any]:
