@@ -25,7 +25,7 @@ What one run does:
    transaction, as tests/identity/helpers.py does, no HTTP), then a separate process (spawn,
    so the dataset's half-gigabyte of dicts is not in its heap) drains the log with the real
    processor: `tessera.processor.run_once` in a loop with a `Pipeline` built as
-   `tessera.cli._pipeline` builds it (batch size TESSERA_PROCESSOR_BATCH_EVENTS, default 500).
+   `tessera.cli._pipeline` builds it (batch size TESSERA_PROCESSOR_BATCH_EVENTS, default 2000).
    Prints events/s over the whole drain, the time per batch (p50/p99) and the CPU used.
 2. Event-to-profile latency under load. `tessera serve` on a fresh store (a source and a token
    from `tessera source create bench` / `tessera token create bench`). A driver process

@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         description="Run the processor (identity, profiles) inside `tessera serve`.",
     )
     processor_batch_events: int = Field(
-        default=500, gt=0, description="Most events the processor applies in one transaction."
+        default=2000, gt=0, description="Most events the processor applies in one transaction."
     )
     processor_poll_seconds: float = Field(
         default=0.2,

@@ -45,7 +45,7 @@ MAIN = "main"
 class ProcessorConfig:
     rules: IdentityRules
     trait_policies: dict[str, str]
-    batch_events: int = 500
+    batch_events: int = 2000
 
 
 @dataclass

@@ -31,12 +31,14 @@ class IdentityRules:
     max_identifiers_per_profile: int = 500
     max_merges_per_profile: int = 100
 
+    def __post_init__(self) -> None:
+        # Looked up for every identifier of every event: a dict, not tuple.index.
+        object.__setattr__(self, "_ranks", {kind: i for i, kind in enumerate(self.priority)})
+
     def rank(self, kind: str) -> int:
         """Lower is higher priority; unknown (custom) types rank after every listed one."""
-        try:
-            return self.priority.index(kind)
-        except ValueError:
-            return len(self.priority)
+        ranks: dict[str, int] = self._ranks  # type: ignore[attr-defined]
+        return ranks.get(kind, len(self.priority))
 
     def limit(self, kind: str) -> int:
         return self.limits.get(kind, self.default_limit)

@@ -24,6 +24,8 @@ from tessera.eventlog import NewEvent
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 MAX_ID_LENGTH = 255
+# A tuple, not `str | int | float`: that builds a UnionType on every call (hot path).
+_ID_TYPES = (str, int, float)
 # The stored payload is re-serialised; orjson refuses to nest deeper than this.
 MAX_DEPTH = 254
 
@@ -42,7 +44,7 @@ def _identifier(message: dict[str, Any], field: str, *, required: bool = False) 
         if required:
             raise MessageError(f"{message.get('type', 'message')} needs {field!r}")
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
         raise MessageError(f"{field!r} must be a string, got {_kind(value)}")
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID_LENGTH:
