@@ -25,7 +25,7 @@ What one run does:
    transaction, as tests/identity/helpers.py does, no HTTP), then a separate process (spawn,
    so the dataset's half-gigabyte of dicts is not in its heap) drains the log with the real
    processor: `tessera.processor.run_once` in a loop with a `Pipeline` built as
-   `tessera.cli._pipeline` builds it (batch size TESSERA_PROCESSOR_BATCH_EVENTS, default 2000).
+   `Pipeline.from_settings` builds it (batch size TESSERA_PROCESSOR_BATCH_EVENTS, default 2000).
    Prints events/s over the whole drain, the time per batch (p50/p99) and the CPU used.
 2. Event-to-profile latency under load. `tessera serve` on a fresh store (a source and a token
    from `tessera source create bench` / `tessera token create bench`). A driver process
@@ -172,17 +172,10 @@ def _settings() -> Settings:
 
 
 def make_pipeline(settings: Settings) -> Pipeline:
-    """The processor pipeline exactly as `tessera.cli._pipeline` builds it."""
-    from tessera.identity.config import IdentityRules
-    from tessera.processor import Pipeline, ProcessorConfig
+    """The processor pipeline exactly as `tessera serve` builds it."""
+    from tessera.processor import Pipeline
 
-    return Pipeline(
-        ProcessorConfig(
-            rules=IdentityRules.from_settings(settings),
-            trait_policies=settings.trait_policies,
-            batch_events=settings.processor_batch_events,
-        )
-    )
+    return Pipeline.from_settings(settings)
 
 
 def region_of(settings: Settings) -> str:

@@ -91,6 +91,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
+from tessera.eventlog import service as eventlog_service
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -98,24 +100,9 @@ TARGET_BATCH_EVENTS_PER_S = 20_000
 TARGET_SINGLE_REQUESTS_PER_S = 2_000
 TARGET_SINGLE_P99_MS = 25.0
 
-EVENT_COLUMNS = (
-    "source_id",
-    "message_id",
-    "type",
-    "name",
-    "user_id",
-    "anonymous_id",
-    "timestamp",
-    "original_timestamp",
-    "sent_at",
-    "received_at",
-    "payload",
-)
-INSERT_SQL = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)}) "
-    "ON CONFLICT (source_id, message_id) DO NOTHING"
-)
+# The server's own columns and statement, so the ceiling inserts exactly what the writer does.
+EVENT_COLUMNS = eventlog_service.COLUMNS
+INSERT_SQL = eventlog_service.insert_sql("sqlite")
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,12 +18,10 @@ from tessera.audit import api as audit_api
 from tessera.auth import api as auth_api
 from tessera.config import Settings
 from tessera.eventlog import EventLogWriter
-from tessera.identity.config import IdentityRules
 from tessera.ingest import api as ingest_api
 from tessera.ingest.sources import WriteKeyCache
-from tessera.processor import Pipeline, Processor, ProcessorConfig
+from tessera.processor import Pipeline, Processor
 from tessera.profiles import api as profiles_api
-from tessera.profiles.policy import TraitPolicies
 from tessera.store import create_store_engine
 
 
@@ -60,16 +58,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         commit_timeout_seconds=settings.ingest_commit_timeout_seconds,
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
-    rules = IdentityRules.from_settings(settings)
-    TraitPolicies.parse(settings.trait_policies, {})  # refuse bad policies at start
+    pipeline = Pipeline.from_settings(settings)
     processor: Processor | None = None
-    pipeline = Pipeline(
-        ProcessorConfig(
-            rules=rules,
-            trait_policies=settings.trait_policies,
-            batch_events=settings.processor_batch_events,
-        )
-    )
     if settings.processor_enabled:
         processor = Processor(engine, pipeline, poll_seconds=settings.processor_poll_seconds)
         writer.on_commit = processor.wake
@@ -97,7 +87,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.writer = writer
     app.state.processor = processor
     app.state.pipeline = pipeline
-    app.state.identity_rules = rules
+    app.state.identity_rules = pipeline.rules
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer, processor, pipeline))
     app.include_router(profiles_api.router)

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from tessera.auth.tokens import Principal
-    from tessera.processor import Pipeline
 from tessera.logs import configure_logging
 
 app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
@@ -338,31 +337,18 @@ def _first_admin(conn: Connection, settings: Settings) -> None:
         out.print(f"  password (shown only now): {password}", markup=False)
 
 
-def _pipeline(settings: Settings) -> Pipeline:
-    from tessera.identity.config import IdentityRules
-    from tessera.processor import Pipeline, ProcessorConfig
-
-    return Pipeline(
-        ProcessorConfig(
-            rules=IdentityRules.from_settings(settings),
-            trait_policies=settings.trait_policies,
-            batch_events=settings.processor_batch_events,
-        )
-    )
-
-
 @app.command()
 def rebuild() -> None:
     """Re-derive every profile, identity cluster and trait from the event log."""
     from rich.progress import Progress
 
-    from tessera.processor import lag, reset_derived_state, run_once
+    from tessera.processor import Pipeline, lag, reset_derived_state, run_once
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
         engine = _migrated_engine(settings)
-        pipeline = _pipeline(settings)
+        pipeline = Pipeline.from_settings(settings)
         with engine.begin() as conn:
             reset_derived_state(conn)
         with engine.connect() as conn:
@@ -387,14 +373,14 @@ def worker() -> None:
     import signal
     import threading
 
-    from tessera.processor import Processor
+    from tessera.processor import Pipeline, Processor
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
         engine = _migrated_engine(settings)
         processor = Processor(
-            engine, _pipeline(settings), poll_seconds=settings.processor_poll_seconds
+            engine, Pipeline.from_settings(settings), poll_seconds=settings.processor_poll_seconds
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tessera.config import Settings
 from tessera.errors import NotFound
 from tessera.eventlog.models import events
 from tessera.identity import graph
@@ -69,6 +69,19 @@ class Pipeline:
     the batch touches is loaded in a few bulk queries, changed in memory event by event, and
     written back with executemany, instead of several statements per event.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """The pipeline `tessera serve`, `worker`, `rebuild` and the benchmarks all run;
+        raises ConfigurationError for bad identity rules or trait policies."""
+        TraitPolicies.parse(settings.trait_policies, {})  # refuse bad policies up front
+        return cls(
+            ProcessorConfig(
+                rules=IdentityRules.from_settings(settings),
+                trait_policies=settings.trait_policies,
+                batch_events=settings.processor_batch_events,
+            )
+        )
 
     def __init__(self, config: ProcessorConfig) -> None:
         self.config = config
@@ -267,7 +280,6 @@ class Processor:
         pipeline: Pipeline,
         *,
         poll_seconds: float = 0.2,
-        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._engine = engine
         self._pipeline = pipeline
@@ -275,7 +287,6 @@ class Processor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._on_error = on_error
         self.applied = 0
         self.failures = 0
 
@@ -306,8 +317,6 @@ class Processor:
             except Exception as exc:
                 self.failures += 1
                 event(log, logging.ERROR, "processor.batch_failed", error=repr(exc)[:500])
-                if self._on_error is not None:
-                    self._on_error(exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue

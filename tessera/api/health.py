@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -62,15 +61,13 @@ def create_router(
             return 503, body
         return 200, body
 
-    run: Callable[[], tuple[int, dict[str, Any]]] = check
-
     @router.get(
         "/readyz",
         summary="The store is reachable and its schema current",
         responses={503: {"description": "Not ready; the body says why."}},
     )
     async def readyz() -> JSONResponse:
-        status, body = await anyio.to_thread.run_sync(run)
+        status, body = await anyio.to_thread.run_sync(check)
         return JSONResponse(body, status_code=status)
 
     def metrics_text() -> str:

@@ -50,7 +50,7 @@ COLUMNS = (
 APPEND_LOCK = 0x7E55E7B
 
 
-def _insert_sql(dialect_name: str) -> str:
+def insert_sql(dialect_name: str) -> str:
     marker = "?" if dialect_name == "sqlite" else "%s"
     columns = ", ".join(f'"{column}"' for column in COLUMNS)
     values = ", ".join(marker for _ in COLUMNS)
@@ -99,7 +99,7 @@ def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
         ]
     else:
         params = [tuple(row[column] for column in COLUMNS) for row in rows]  # type: ignore[literal-required]
-    result = conn.exec_driver_sql(_insert_sql(dialect), params)
+    result = conn.exec_driver_sql(insert_sql(dialect), params)
     return int(result.rowcount)
 
 

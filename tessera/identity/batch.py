@@ -19,14 +19,7 @@ from sqlalchemy.engine import Connection
 from tessera.identity.extract import Identifier
 from tessera.identity.graph import ordered_pair
 from tessera.identity.models import identities, merge_blocks, profile_merges
-
-# Bound IN lists; PostgreSQL and SQLite both cope with far more, but plans stay simple.
-CHUNK = 500
-
-
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+from tessera.store.chunks import chunked
 
 
 @dataclass(slots=True)
@@ -66,7 +59,7 @@ class IdentityBatch:
             if ident not in self._owner:
                 by_type.setdefault(ident.type, []).append(ident.value)
         for kind, values in by_type.items():
-            for chunk in _chunks(values):
+            for chunk in chunked(values):
                 query = sa.select(identities.c.value, identities.c.profile_id).where(
                     identities.c.type == kind, identities.c.value.in_(chunk)
                 )
@@ -81,7 +74,7 @@ class IdentityBatch:
         for pid in profile_ids:
             self._counts[pid] = Counter()
             self._merge_counts[pid] = 0
-        for chunk in _chunks(profile_ids):
+        for chunk in chunked(profile_ids):
             counts = (
                 sa.select(identities.c.profile_id, identities.c.type, sa.func.count())
                 .where(identities.c.profile_id.in_(chunk))
@@ -106,7 +99,7 @@ class IdentityBatch:
             )
         if not self._any_blocks:
             return
-        for chunk in _chunks(profile_ids):
+        for chunk in chunked(profile_ids):
             blocks = sa.select(merge_blocks.c.profile_a, merge_blocks.c.profile_b).where(
                 sa.or_(merge_blocks.c.profile_a.in_(chunk), merge_blocks.c.profile_b.in_(chunk))
             )

@@ -12,7 +12,13 @@ from tessera.errors import Forbidden
 from tessera.identity.config import IdentityRules
 from tessera.processor import Pipeline, unmerge
 from tessera.profiles import views
-from tessera.profiles.masking import PII_IDENTITY_TYPES, mask_event, mask_identities, mask_profile
+from tessera.profiles.masking import (
+    PII_IDENTITY_TYPES,
+    mask_event,
+    mask_identities,
+    mask_merge,
+    mask_profile,
+)
 from tessera.profiles.schemas import (
     EventPage,
     IdentityDetail,
@@ -89,13 +95,7 @@ def list_merges(
 ) -> list[dict[str, object]]:
     """Each merge with its rule, the identifiers that linked, and the event that caused it."""
     merges = views.list_merges(conn, _resolve(conn, ref, request, principal))
-    if not principal.may("pii:read"):
-        for merge in merges:
-            merge["identifiers"] = [
-                f"{kind}:***" if kind in PII_IDENTITY_TYPES else f"{kind}:{value}"
-                for kind, _, value in (item.partition(":") for item in merge["identifiers"])
-            ]
-    return merges
+    return merges if principal.may("pii:read") else [mask_merge(merge) for merge in merges]
 
 
 @router.post("/{ref}/unmerge", response_model=UnmergeOut, summary="Undo a wrong merge")

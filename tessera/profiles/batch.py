@@ -18,10 +18,10 @@ from sqlalchemy.engine import Connection
 
 from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
 from tessera.profiles.policy import Provenance, TraitPolicies
+from tessera.store.chunks import chunked
 from tessera.store.upsert import upsert
 
 MAX_TRAIT_NAME = 255
-CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -47,11 +47,6 @@ class AccountLink:
     timestamp: datetime
 
 
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
-
-
 class ProfileBatch:
     def __init__(self, policies: TraitPolicies) -> None:
         self.policies = policies
@@ -67,7 +62,7 @@ class ProfileBatch:
 
     def load(self, conn: Connection, profile_ids: Iterable[str]) -> None:
         wanted = sorted(set(profile_ids) - set(self.rows))
-        for chunk in _chunks(wanted):
+        for chunk in chunked(wanted):
             for row in conn.execute(sa.select(profiles).where(profiles.c.id.in_(chunk))):
                 self.rows[row.id] = ProfileRow(
                     row.id,

@@ -49,16 +49,8 @@ def mask_traits(traits: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def mask_profile(body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **body,
-        "traits": mask_traits(body["traits"]),
-        "identities": [
-            {**item, "value": mask_value(item["value"])}
-            if item["type"] in PII_IDENTITY_TYPES
-            else item
-            for item in body["identities"]
-        ],
-    }
+    traits, identities = mask_traits(body["traits"]), mask_identities(body["identities"])
+    return {**body, "traits": traits, "identities": identities}
 
 
 def mask_identities(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -82,3 +74,12 @@ def mask_event(item: dict[str, Any]) -> dict[str, Any]:
         "traits": mask_traits(traits) if isinstance(traits, dict) else traits,
         "context": context,
     }
+
+
+def mask_merge(merge: dict[str, Any]) -> dict[str, Any]:
+    """A merge's linking identifiers ("type:value") with personal values hidden."""
+    identifiers = []
+    for item in merge["identifiers"]:
+        kind, _, value = item.partition(":")
+        identifiers.append(f"{kind}:{MASK}" if kind in PII_IDENTITY_TYPES else f"{kind}:{value}")
+    return {**merge, "identifiers": identifiers}

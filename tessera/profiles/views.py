@@ -53,23 +53,19 @@ def resolve_reference(conn: Connection, ref: str, rules: IdentityRules) -> str:
     return str(row.merged_into or row.id)
 
 
-def _source_names(conn: Connection) -> dict[int, str]:
-    return {row.id: row.name for row in conn.execute(sa.select(sources.c.id, sources.c.name))}
-
-
 def get_profile(conn: Connection, profile_id: str) -> dict[str, Any]:
     row = conn.execute(sa.select(profiles).where(profiles.c.id == profile_id)).one()
-    names = _source_names(conn)
     traits: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
     for trait in conn.execute(
-        sa.select(profile_traits)
+        sa.select(profile_traits, sources.c.name.label("source_name"))
+        .select_from(profile_traits.outerjoin(sources, sources.c.id == profile_traits.c.source_id))
         .where(profile_traits.c.profile_id == profile_id)
         .order_by(profile_traits.c.name)
     ):
         traits[trait.name] = orjson.loads(trait.value)
         provenance[trait.name] = {
-            "source": names.get(trait.source_id),
+            "source": trait.source_name,
             "message_id": trait.message_id,
             "timestamp": trait.timestamp,
         }
@@ -179,8 +175,12 @@ def list_profile_events(
 ) -> dict[str, Any]:
     """The timeline, newest first (by corrected timestamp), a page at a time."""
     query = (
-        sa.select(events)
-        .select_from(event_profiles.join(events, events.c.seq == event_profiles.c.seq))
+        sa.select(events, sources.c.name.label("source_name"))
+        .select_from(
+            event_profiles.join(events, events.c.seq == event_profiles.c.seq).outerjoin(
+                sources, sources.c.id == events.c.source_id
+            )
+        )
         .where(event_profiles.c.profile_id == profile_id)
         .order_by(events.c.timestamp.desc(), events.c.seq.desc())
         .limit(limit + 1)
@@ -197,7 +197,6 @@ def list_profile_events(
             )
         )
     rows = list(conn.execute(query))
-    source_names = _source_names(conn)
     items = []
     for row in rows[:limit]:
         payload = orjson.loads(row.payload)
@@ -215,7 +214,7 @@ def list_profile_events(
                 "properties": payload.get("properties"),
                 "traits": payload.get("traits"),
                 "context": payload.get("context"),
-                "source": source_names.get(row.source_id),
+                "source": row.source_name,
             }
         )
     next_cursor = (
