@@ -6,6 +6,7 @@
     │   └── MigrationError            the schema could not be brought up to date
     └── HTTPError                     carries `status_code`; rendered as JSON by `api.errors`
         ├── BadRequest           400  the body is not what the contract says
+        │   └── InvalidDefinition     a trait or audience definition, with the JSON path
         ├── Unauthorized         401  missing or unknown credentials
         ├── Forbidden            403  known credentials, not allowed (a disabled source)
         ├── NotFound             404  a named thing (source, profile, token) does not exist
@@ -69,6 +70,17 @@ class HTTPError(TesseraError):
 class BadRequest(HTTPError):
     status_code = 400
     code = "bad_request"
+
+
+class InvalidDefinition(BadRequest):
+    """A computed-trait or audience definition that cannot work; `path` points into it
+    (`$.and[1].op`) so the builder can show the error beside the condition."""
+
+    code = "invalid_definition"
+
+    def __init__(self, message: str, *, path: str = "$"):
+        super().__init__(f"{path}: {message}", fields={"path": path})
+        self.path = path
 
 
 class Unauthorized(HTTPError):
