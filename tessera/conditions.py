@@ -18,8 +18,8 @@ Semantics, chosen to match what a marketer means:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
