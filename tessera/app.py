@@ -23,6 +23,7 @@ from tessera.ingest.sources import WriteKeyCache
 from tessera.processor import Pipeline, Processor
 from tessera.profiles import api as profiles_api
 from tessera.store import create_store_engine
+from tessera.worker_process import ProcessorHandle, WorkerProcess
 
 
 class TrackingDispatch:
@@ -59,9 +60,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
     pipeline = Pipeline.from_settings(settings)
-    processor: Processor | None = None
-    if settings.processor_enabled:
+    processor: ProcessorHandle | None = None
+    if settings.processor_mode == "thread":
         processor = Processor(engine, pipeline, poll_seconds=settings.processor_poll_seconds)
+    elif settings.processor_mode == "process":
+        processor = WorkerProcess(settings)
+    if processor is not None:
         writer.on_commit = processor.wake
 
     @asynccontextmanager
@@ -89,7 +93,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.pipeline = pipeline
     app.state.identity_rules = pipeline.rules
     api_errors.install_error_handlers(app)
-    app.include_router(health.create_router(engine, writer, processor, pipeline))
+    app.include_router(health.create_router(engine, writer, processor))
     app.include_router(profiles_api.router)
     app.include_router(auth_api.router)
     app.include_router(audit_api.router)

@@ -364,8 +364,18 @@ def rebuild() -> None:
 
 
 @app.command()
-def worker() -> None:
-    """Run a processor without the HTTP server (extra processors for PostgreSQL).
+def worker(
+    wake_stdin: Annotated[
+        bool,
+        typer.Option(
+            help="Wake on every byte read from stdin and stop at its end (how `tessera "
+            "serve` runs its processor in a child process).",
+            hidden=True,
+        ),
+    ] = False,
+) -> None:
+    """Run a processor without the HTTP server (with TESSERA_PROCESSOR_MODE=off, or as
+    fail-over on PostgreSQL).
 
     Processors take turns on the log: one applies a batch while the others wait, so a
     worker killed mid-batch loses nothing and another carries on from its position.
@@ -374,6 +384,7 @@ def worker() -> None:
     import threading
 
     from tessera.processor import Pipeline, Processor
+    from tessera.worker_process import follow_wake_pipe
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -385,6 +396,8 @@ def worker() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if wake_stdin:
+        follow_wake_pipe(processor.wake, stop)
     processor.start()
     out.print(f"worker processing {settings.database_url}")
     stop.wait()

@@ -173,9 +173,15 @@ class Settings(BaseSettings):
             'ties go to the latest), e.g. {"plan": "sources:crm,web", "signup_source": "first"}.'
         ),
     )
-    processor_enabled: bool = Field(
-        default=True,
-        description="Run the processor (identity, profiles) inside `tessera serve`.",
+    processor_mode: Literal["process", "thread", "off"] = Field(
+        default="process",
+        description=(
+            "Where `tessera serve` runs the processor (identity, profiles): `process`, a "
+            "child `tessera worker` it starts, wakes on every commit and restarts if it "
+            "dies, so ingest and processing each get a core; `thread`, inside the server "
+            "process (they then share one interpreter lock); `off`, not at all (run "
+            "`tessera worker` yourself)."
+        ),
     )
     processor_batch_events: int = Field(
         default=2000, gt=0, description="Most events the processor applies in one transaction."

@@ -12,23 +12,25 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from tessera.config import Settings
-from tessera.errors import NotFound
+from tessera.errors import NotFound, TesseraError
 from tessera.eventlog.models import events
 from tessera.identity import graph
 from tessera.identity.batch import IdentityBatch, Merge
 from tessera.identity.config import IdentityRules
 from tessera.identity.extract import Identifier, alias_previous, extract_identifiers, group_id
 from tessera.identity.graph import ordered_pair
-from tessera.identity.models import identities, merge_blocks, profile_merges
+from tessera.identity.models import dropped_identifiers, identities, merge_blocks, profile_merges
 from tessera.ingest.models import sources
 from tessera.logs import event
 from tessera.processor_models import processor_state
@@ -87,9 +89,9 @@ class Pipeline:
         self.config = config
         self.rules = config.rules
         self._policies: TraitPolicies | None = None
-        # Identifiers the rules left unlinked, by reason (counted once a batch commits).
-        self.dropped: Counter[str] = Counter()
-        self._pending_drops: Counter[str] = Counter()
+        # Identifiers the rules left unlinked in the current batch, by reason; written
+        # with the batch (`run_once`), so a rolled-back batch counts nothing.
+        self.batch_drops: Counter[str] = Counter()
 
     def policies(self, conn: Connection, source_ids: set[int]) -> TraitPolicies:
         if self._policies is None or not source_ids <= set(self._policies.source_names):
@@ -99,9 +101,18 @@ class Pipeline:
             self._policies = TraitPolicies.parse(self.config.trait_policies, names)
         return self._policies
 
-    def apply_batch(self, conn: Connection, rows: list[Any]) -> list[tuple[int, str | None]]:
-        """Apply `rows` (events in log order); return each event's final profile."""
-        self._pending_drops = Counter()
+    def apply_batch(
+        self,
+        conn: Connection,
+        rows: list[Any],
+        *,
+        before_write: Callable[[], None] | None = None,
+    ) -> list[tuple[int, str | None]]:
+        """Apply `rows` (events in log order); return each event's final profile.
+
+        Everything is read and decided before the first write; `before_write` runs then
+        (on SQLite it takes the write lock, so ingest waits only for the flush)."""
+        self.batch_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
         wanted = [ident for item in batch for ident in item.idents]
@@ -116,17 +127,14 @@ class Pipeline:
         profile_state.load(conn, owners)
         for item in batch:
             self._apply(item, graph_state, profile_state)
+        if before_write is not None:
+            before_write()
         graph_state.flush(conn)
         profile_state.flush(conn, graph_state.resolve_id)
         return [
             (seq, graph_state.resolve_id(pid) if pid else None)
             for seq, pid in profile_state.attribution
         ]
-
-    def commit_counts(self) -> None:
-        """Called with the batch's commit; a rolled-back batch's drops are not counted."""
-        self.dropped += self._pending_drops
-        self._pending_drops = Counter()
 
     def _parse(self, row: Any) -> _Event:
         payload = orjson.loads(row.payload)
@@ -146,7 +154,7 @@ class Pipeline:
             graph_state, seq=row.seq, idents=item.idents, rules=self.rules, alias_of=alias_of
         )
         for dropped in resolution.dropped:
-            self._pending_drops[dropped.reason] += 1
+            self.batch_drops[dropped.reason] += 1
         profile_id = resolution.profile_id
         if profile_id is None:
             profile_state.attribute(row.seq, None)
@@ -189,24 +197,84 @@ def _event_columns() -> sa.Select[Any]:
     )
 
 
-def _lock_position(conn: Connection, name: str) -> tuple[int, int]:
-    """Lock this processor's position row for the transaction; return (position, unattributed)."""
+class PositionMoved(TesseraError):
+    """Another processor applied the batch first (SQLite's optimistic claim); retry."""
+
+
+@dataclass
+class _Claim:
+    name: str
+    position: int
+    unattributed: int
+    version: int
+    locked: bool
+
+
+def _claim(conn: Connection, name: str, *, lock: bool) -> _Claim:
+    """Read this processor's position; with `lock`, hold its row for the transaction.
+
+    PostgreSQL locks at once: processors take turns, and row locks do not block ingest.
+    SQLite has one write lock for the whole file, and holding it while a batch is parsed
+    and resolved stalls every ingest commit behind it; there the claim is optimistic: the
+    position is read without a lock, and `_confirm` takes the lock just before the flush,
+    refusing the batch if another processor moved the position meanwhile.
+    """
     now = datetime.now(UTC)
-    existing = conn.execute(
-        sa.update(processor_state).where(processor_state.c.name == name).values(updated_at=now)
-    )
-    if existing.rowcount == 0:
-        conn.execute(
-            processor_state.insert().values(
-                name=name, position=0, unattributed_events=0, updated_at=now
+    if lock:
+        existing = conn.execute(
+            sa.update(processor_state)
+            .where(processor_state.c.name == name)
+            .values(updated_at=now, version=processor_state.c.version + 1)
+        )
+        if existing.rowcount == 0:
+            conn.execute(
+                processor_state.insert().values(
+                    name=name, position=0, unattributed_events=0, version=0, updated_at=now
+                )
             )
-        )
     row = conn.execute(
-        sa.select(processor_state.c.position, processor_state.c.unattributed_events).where(
-            processor_state.c.name == name
+        sa.select(
+            processor_state.c.position,
+            processor_state.c.unattributed_events,
+            processor_state.c.version,
+        ).where(processor_state.c.name == name)
+    ).first()
+    if row is None:
+        return _Claim(name, 0, 0, -1, locked=False)
+    return _Claim(name, int(row.position), int(row.unattributed_events), int(row.version), lock)
+
+
+def _confirm(conn: Connection, claim: _Claim) -> None:
+    """Take the position's row (SQLite: the write lock) unless already held; raise
+    PositionMoved if another processor changed it since `claim` was read."""
+    if claim.locked:
+        return
+    now = datetime.now(UTC)
+    if claim.version < 0:
+        inserted = conn.execute(
+            sqlite.insert(processor_state)
+            .values(name=claim.name, position=0, unattributed_events=0, version=0, updated_at=now)
+            .on_conflict_do_nothing()
         )
-    ).one()
-    return int(row.position), int(row.unattributed_events)
+        moved = inserted.rowcount != 1
+    else:
+        updated = conn.execute(
+            sa.update(processor_state)
+            .where(
+                processor_state.c.name == claim.name,
+                processor_state.c.version == claim.version,
+            )
+            .values(updated_at=now, version=claim.version + 1)
+        )
+        moved = updated.rowcount != 1
+    if moved:
+        raise PositionMoved(f"processor {claim.name!r} moved on; the batch is retried")
+    claim.locked = True
+
+
+def _lock_position(conn: Connection, name: str) -> _Claim:
+    """Hold this processor's position for the transaction (unmerge, rebuild, failures)."""
+    return _claim(conn, name, lock=True)
 
 
 def run_once(
@@ -215,23 +283,86 @@ def run_once(
     """Apply the next batch of events in one transaction; return how many were applied."""
     limit = limit or pipeline.config.batch_events
     with engine.begin() as conn:
-        position, unattributed = _lock_position(conn, name)
+        claim = _claim(conn, name, lock=conn.dialect.name == "postgresql")
         rows = list(
             conn.execute(
-                _event_columns().where(events.c.seq > position).order_by(events.c.seq).limit(limit)
+                _event_columns()
+                .where(events.c.seq > claim.position)
+                .order_by(events.c.seq)
+                .limit(limit)
             )
         )
         if not rows:
             return 0
-        attributed = pipeline.apply_batch(conn, rows)
+        attributed = pipeline.apply_batch(conn, rows, before_write=lambda: _confirm(conn, claim))
         missing = sum(1 for _, pid in attributed if pid is None)
-        pipeline.commit_counts()
+        _count_drops(conn, pipeline.batch_drops)
         conn.execute(
             sa.update(processor_state)
             .where(processor_state.c.name == name)
-            .values(position=rows[-1].seq, unattributed_events=unattributed + missing)
+            .values(position=rows[-1].seq, unattributed_events=claim.unattributed + missing)
         )
         return len(rows)
+
+
+def _count_drops(conn: Connection, drops: Counter[str]) -> None:
+    if not drops:
+        return
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = module.insert(dropped_identifiers)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["reason"],
+            set_={"count": dropped_identifiers.c.count + statement.excluded["count"]},
+        ),
+        [{"reason": reason[:64], "count": count} for reason, count in sorted(drops.items())],
+    )
+
+
+def dropped_counts(conn: Connection) -> dict[str, int]:
+    """Identifiers the rules left unlinked since the last rebuild, by reason."""
+    table = dropped_identifiers
+    query = sa.select(table.c.reason, table.c["count"]).order_by(table.c.reason)
+    return {reason: int(count) for reason, count in conn.execute(query)}
+
+
+@dataclass
+class Health:
+    failed_batches: int
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+def health(conn: Connection, *, name: str = MAIN) -> Health:
+    row = conn.execute(
+        sa.select(
+            processor_state.c.failed_batches,
+            processor_state.c.last_error,
+            processor_state.c.last_error_at,
+        ).where(processor_state.c.name == name)
+    ).first()
+    if row is None:
+        return Health(0, None, None)
+    return Health(int(row.failed_batches), row.last_error, row.last_error_at)
+
+
+def record_failure(engine: Engine, error: BaseException, *, name: str = MAIN) -> None:
+    """Count a failed batch and keep its reason, in a transaction of its own (the batch's
+    was rolled back). Best effort: when the store itself is down, the log line remains."""
+    try:
+        with engine.begin() as conn:
+            _lock_position(conn, name)
+            conn.execute(
+                sa.update(processor_state)
+                .where(processor_state.c.name == name)
+                .values(
+                    failed_batches=processor_state.c.failed_batches + 1,
+                    last_error=repr(error)[:2000],
+                    last_error_at=datetime.now(UTC),
+                )
+            )
+    except sa.exc.SQLAlchemyError:
+        pass
 
 
 def lag(conn: Connection, *, name: str = MAIN) -> Lag:
@@ -250,6 +381,7 @@ def lag(conn: Connection, *, name: str = MAIN) -> Lag:
 
 
 DERIVED_TABLES = (
+    "identity_dropped_identifiers",
     "event_profiles",
     "profile_traits",
     "profile_accounts",
@@ -314,9 +446,12 @@ class Processor:
         while not self._stop.is_set():
             try:
                 applied = run_once(self._engine, self._pipeline)
+            except PositionMoved:
+                continue
             except Exception as exc:
                 self.failures += 1
                 event(log, logging.ERROR, "processor.batch_failed", error=repr(exc)[:500])
+                record_failure(self._engine, exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue

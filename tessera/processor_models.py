@@ -14,4 +14,11 @@ processor_state = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("unattributed_events", sa.BigInteger, nullable=False, default=0),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Bumped by every claim, so SQLite's optimistic claim sees another processor's move.
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    # Batches that failed and were retried, and the last reason: written by the processor
+    # that failed, in a transaction of its own, so any process can report them.
+    sa.Column("failed_batches", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", UtcDateTime, nullable=True),
 )

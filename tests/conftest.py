@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine, make_url
 
 from tessera.app import create_app
@@ -116,7 +117,9 @@ def engine(store_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def settings(store_url: str) -> Settings:
-    return Settings(database_url=store_url)
+    # The processor in a thread: one process per live server keeps the suite fast; the
+    # default child process is exercised by the CLI tests and tests/test_worker_process.py.
+    return Settings(database_url=store_url, processor_mode="thread")
 
 
 @dataclass
@@ -127,6 +130,7 @@ class LiveTessera:
     engine: Engine
     settings: Settings
     source: Source
+    app: FastAPI
 
     @property
     def write_key(self) -> str:
@@ -136,8 +140,9 @@ class LiveTessera:
 def start_live(settings: Settings, engine: Engine) -> Iterator[LiveTessera]:
     with engine.begin() as conn:
         source = create_source(conn, name=f"test-{uuid.uuid4().hex[:6]}")
-    with serve_in_thread(create_app(settings, engine=engine)) as url:
-        yield LiveTessera(url=url, engine=engine, settings=settings, source=source)
+    app = create_app(settings, engine=engine)
+    with serve_in_thread(app) as url:
+        yield LiveTessera(url=url, engine=engine, settings=settings, source=source, app=app)
 
 
 @pytest.fixture

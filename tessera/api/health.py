@@ -12,16 +12,16 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
-from tessera.processor import Pipeline, Processor, lag
+from tessera.processor import dropped_counts, health, lag
 from tessera.processor_models import processor_state
 from tessera.store import current_revision, head_revision
+from tessera.worker_process import ProcessorHandle
 
 
 def create_router(
     engine: Engine,
     writer: EventLogWriter,
-    processor: Processor | None,
-    pipeline: Pipeline | None = None,
+    processor: ProcessorHandle | None,
 ) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -37,6 +37,7 @@ def create_router(
                 current = current_revision(conn)
                 log_head = head_position(conn)
                 behind = lag(conn) if current == head else None
+                state = health(conn) if current == head else None
         except sa.exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             return 503, {"status": "unavailable", "database": f"unreachable: {reason}"}
@@ -54,7 +55,11 @@ def create_router(
             "position": behind.position if behind else None,
             "lag_events": behind.events if behind else None,
             "oldest_waiting_seconds": behind.oldest_age_seconds if behind else None,
-            "failed_batches": processor.failures if processor else 0,
+            "failed_batches": state.failed_batches if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": state.last_error_at.isoformat()
+            if state and state.last_error_at
+            else None,
         }
         if current != head:
             body["status"] = "migrations_pending"
@@ -73,6 +78,8 @@ def create_router(
     def metrics_text() -> str:
         with engine.connect() as conn:
             behind = lag(conn)
+            state = health(conn)
+            dropped = dropped_counts(conn)
             unattributed = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(processor_state.c.unattributed_events), 0))
             ).scalar_one()
@@ -130,19 +137,19 @@ def create_router(
                 "tessera_processor_failed_batches_total",
                 "counter",
                 "Processor batches that failed and were retried.",
-                processor.failures if processor else 0,
+                state.failed_batches,
             ),
         ]
         lines = []
         for name, kind, help_text, value in gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
-        dropped = "tessera_identity_dropped_identifiers_total"
+        metric = "tessera_identity_dropped_identifiers_total"
         lines += [
-            f"# HELP {dropped} Identifiers the identity rules left unlinked, by reason.",
-            f"# TYPE {dropped} counter",
+            f"# HELP {metric} Identifiers the identity rules left unlinked, by reason.",
+            f"# TYPE {metric} counter",
         ]
-        for reason, count in sorted((pipeline.dropped if pipeline else {}).items()):
-            lines.append(f'{dropped}{{reason="{reason}"}} {count}')
+        for reason, count in dropped.items():
+            lines.append(f'{metric}{{reason="{reason}"}} {count}')
         return "\n".join(lines) + "\n"
 
     @router.get(

@@ -48,3 +48,12 @@ merge_blocks = sa.Table(
     sa.Column("created_by", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+dropped_identifiers = sa.Table(
+    "identity_dropped_identifiers",
+    metadata,
+    # Identifiers the rules left unlinked, counted by reason with the batch that dropped
+    # them, so /metrics reports them whichever process ran the processor.
+    sa.Column("reason", sa.String(64), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
