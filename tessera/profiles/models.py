@@ -53,3 +53,29 @@ event_profiles = sa.Table(
     sa.Column("profile_id", PROFILE_ID, nullable=True),
     sa.Index("ix_event_profiles_profile_id_seq", "profile_id", "seq"),
 )
+
+computed_traits = sa.Table(
+    "computed_traits",
+    metadata,
+    # Named definitions (API) and the implicit ones audiences' event conditions compile to
+    # ("_evt_<hash>", shared by identical conditions). People's decisions, not derived.
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("definition", sa.Text, nullable=False),  # JSON, canonical
+    sa.Column("implicit", sa.Boolean, nullable=False, default=False),
+    # "backfilling" until the log up to the processor's position has been replayed into it,
+    # then "ready": the processor maintains it with every batch.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("backfilled_through", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+computed_trait_values = sa.Table(
+    "computed_trait_values",
+    metadata,
+    sa.Column("profile_id", PROFILE_ID, primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True, index=True),
+    sa.Column("state", sa.Text, nullable=False),  # the engine's incremental state
+    sa.Column("value", sa.Text, nullable=True),  # JSON of the current value
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)

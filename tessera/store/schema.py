@@ -28,6 +28,7 @@ MODEL_MODULES = (
     "tessera.processor_models",
     "tessera.auth.models",
     "tessera.audit.models",
+    "tessera.audiences.models",
 )
 
 
