@@ -20,6 +20,8 @@ audiences = sa.Table(
     sa.Column("definition", sa.Text, nullable=False),  # JSON, canonical
     # "building" until every profile has been evaluated once, then "ready" (real time).
     sa.Column("status", sa.String(16), nullable=False),
+    # The build walks profiles in id order; the last id evaluated, and how many so far.
+    sa.Column("build_cursor", sa.String(32), nullable=False, default=""),
     sa.Column("built_profiles", sa.BigInteger, nullable=False, default=0),
     sa.Column("created_by", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),

@@ -70,6 +70,7 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("definition", sa.Text(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("build_cursor", sa.String(length=32), nullable=False),
         sa.Column("built_profiles", sa.BigInteger(), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),

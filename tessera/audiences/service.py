@@ -1,0 +1,470 @@
+"""Computed-trait and audience definitions: create, read, update, delete, and members.
+
+Definitions are people's decisions, kept across rebuilds. Creating or changing one only
+records it, with a status: the processor backfills a computed trait from the log
+("backfilling" → "ready") and evaluates an audience over every profile ("building" →
+"ready"), then keeps both current with every event and at every window's edge.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tessera.audiences.catalog import BACKFILLING, BUILDING, READY, _references
+from tessera.audiences.language import AudienceDefinition, parse_audience
+from tessera.audiences.models import (
+    audience_changes,
+    audience_history,
+    audience_members,
+    audiences,
+    evaluation_schedule,
+)
+from tessera.errors import BadRequest, Conflict, NotFound
+from tessera.eventlog.models import events
+from tessera.processor_models import processor_state
+from tessera.profiles.computed import parse_computed_trait
+from tessera.profiles.models import computed_trait_values, computed_traits, profiles
+
+
+def _dumps(document: Any) -> str:
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _log_head(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one())
+
+
+# -- computed traits --------------------------------------------------------------------
+
+
+def _trait_view(conn: Connection, row: Any) -> dict[str, Any]:
+    head = _log_head(conn)
+    document = orjson.loads(row.definition)
+    document["name"] = row.name
+    return {
+        "name": row.name,
+        "definition": document,
+        "implicit": bool(row.implicit),
+        "status": row.status,
+        "backfill": {
+            "through_seq": int(row.backfilled_through),
+            "log_head_seq": head,
+            "progress": 1.0
+            if row.status == READY or head == 0
+            else round(min(1.0, int(row.backfilled_through) / head), 4),
+        },
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def list_computed_traits(
+    conn: Connection, *, include_implicit: bool = False
+) -> list[dict[str, Any]]:
+    query = sa.select(computed_traits).order_by(computed_traits.c.name)
+    if not include_implicit:
+        query = query.where(computed_traits.c.implicit.is_(False))
+    return [_trait_view(conn, row) for row in conn.execute(query)]
+
+
+def get_computed_trait(conn: Connection, *, name: str) -> dict[str, Any]:
+    row = conn.execute(sa.select(computed_traits).where(computed_traits.c.name == name)).first()
+    if row is None:
+        raise NotFound(
+            f"there is no computed trait {name!r}; GET /api/v1/computed-traits lists them"
+        )
+    return _trait_view(conn, row)
+
+
+def create_computed_trait(conn: Connection, *, document: Any) -> dict[str, Any]:
+    spec = parse_computed_trait(document)
+    exists = conn.execute(
+        sa.select(computed_traits.c.name).where(computed_traits.c.name == spec.name)
+    ).first()
+    if exists is not None:
+        raise Conflict(f"a computed trait named {spec.name!r} exists; PUT it to change it")
+    _insert_trait(conn, spec.name, spec.to_document(), implicit=False)
+    return get_computed_trait(conn, name=spec.name)
+
+
+def _insert_trait(conn: Connection, name: str, document: dict[str, Any], *, implicit: bool) -> None:
+    stored = {key: value for key, value in document.items() if key != "name"}
+    now = datetime.now(UTC)
+    conn.execute(
+        computed_traits.insert().values(
+            name=name,
+            definition=_dumps(stored),
+            implicit=implicit,
+            status=BACKFILLING,
+            backfilled_through=0,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def update_computed_trait(conn: Connection, *, name: str, document: Any) -> dict[str, Any]:
+    current = get_computed_trait(conn, name=name)
+    if current["implicit"]:
+        raise BadRequest(f"{name!r} belongs to audience event conditions; change the audience")
+    if not isinstance(document, dict):
+        raise BadRequest("the body is a computed-trait definition object")
+    spec = parse_computed_trait({**document, "name": name})
+    if spec.to_document() != current["definition"]:
+        _reset_trait(conn, name, spec.to_document())
+        _rebuild_dependents(conn, {name})
+    return get_computed_trait(conn, name=name)
+
+
+def _reset_trait(conn: Connection, name: str, document: dict[str, Any]) -> None:
+    stored = {key: value for key, value in document.items() if key != "name"}
+    conn.execute(computed_trait_values.delete().where(computed_trait_values.c.name == name))
+    conn.execute(evaluation_schedule.delete().where(evaluation_schedule.c.item == f"trait:{name}"))
+    conn.execute(
+        computed_traits.update()
+        .where(computed_traits.c.name == name)
+        .values(
+            definition=_dumps(stored),
+            status=BACKFILLING,
+            backfilled_through=0,
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+
+def delete_computed_trait(conn: Connection, *, name: str) -> None:
+    current = get_computed_trait(conn, name=name)
+    if current["implicit"]:
+        raise BadRequest(f"{name!r} belongs to audience event conditions; change the audience")
+    users = _audiences_using(conn, computed={name})
+    if users:
+        raise Conflict(
+            f"audiences {', '.join(sorted(users))} use computed trait {name!r}; change them first"
+        )
+    _drop_trait(conn, name)
+
+
+def _drop_trait(conn: Connection, name: str) -> None:
+    conn.execute(computed_trait_values.delete().where(computed_trait_values.c.name == name))
+    conn.execute(evaluation_schedule.delete().where(evaluation_schedule.c.item == f"trait:{name}"))
+    conn.execute(computed_traits.delete().where(computed_traits.c.name == name))
+
+
+# -- audiences --------------------------------------------------------------------------
+
+
+def _parse(conn: Connection, document: Any, audience_id: str | None) -> AudienceDefinition:
+    kinds = {
+        name: orjson.loads(definition)["kind"]
+        for name, definition in conn.execute(
+            sa.select(computed_traits.c.name, computed_traits.c.definition).where(
+                computed_traits.c.implicit.is_(False)
+            )
+        )
+    }
+    stored = {
+        aid: frozenset(_references(orjson.loads(definition)))
+        for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition))
+    }
+    return parse_audience(
+        document,
+        computed_kinds=kinds,
+        audience_references=stored.get,
+        audience_id=audience_id,
+    )
+
+
+def _audience_view(conn: Connection, row: Any) -> dict[str, Any]:
+    members = conn.execute(
+        sa.select(sa.func.count()).where(audience_members.c.audience_id == row.id)
+    ).scalar_one()
+    total = conn.execute(
+        sa.select(sa.func.count()).where(profiles.c.merged_into.is_(None))
+    ).scalar_one()
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "definition": orjson.loads(row.definition),
+        "status": row.status,
+        "size": int(members),
+        "build": {
+            "evaluated_profiles": int(row.built_profiles),
+            "profiles": int(total),
+            "progress": 1.0
+            if row.status == READY or not total
+            else round(min(1.0, int(row.built_profiles) / int(total)), 4),
+        },
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _get_row(conn: Connection, audience_id: str) -> Any:
+    row = conn.execute(sa.select(audiences).where(audiences.c.id == audience_id)).first()
+    if row is None:
+        raise NotFound(f"there is no audience {audience_id!r}; GET /api/v1/audiences lists them")
+    return row
+
+
+def get_audience(conn: Connection, *, audience_id: str) -> dict[str, Any]:
+    return _audience_view(conn, _get_row(conn, audience_id))
+
+
+def list_audiences(conn: Connection) -> list[dict[str, Any]]:
+    return [
+        _audience_view(conn, row)
+        for row in conn.execute(sa.select(audiences).order_by(audiences.c.created_at))
+    ]
+
+
+def _check_name(conn: Connection, name: str, audience_id: str | None) -> None:
+    if not name.strip() or len(name) > 200:
+        raise BadRequest("an audience name is 1 to 200 characters", fields={"field": "name"})
+    clash = conn.execute(
+        sa.select(audiences.c.id).where(
+            audiences.c.name == name, audiences.c.id != (audience_id or "")
+        )
+    ).first()
+    if clash is not None:
+        raise Conflict(f"an audience named {name!r} exists ({clash.id})")
+
+
+def _ensure_implicit(conn: Connection, definition: AudienceDefinition) -> None:
+    for document in definition.implicit_traits:
+        exists = conn.execute(
+            sa.select(computed_traits.c.name).where(computed_traits.c.name == document["name"])
+        ).first()
+        if exists is None:
+            _insert_trait(conn, document["name"], document, implicit=True)
+
+
+def create_audience(
+    conn: Connection, *, name: str, description: str, document: Any, actor: str | None
+) -> dict[str, Any]:
+    _check_name(conn, name, None)
+    definition = _parse(conn, document, None)
+    _ensure_implicit(conn, definition)
+    now = datetime.now(UTC)
+    audience_id = f"aud_{secrets.token_hex(8)}"
+    conn.execute(
+        audiences.insert().values(
+            id=audience_id,
+            name=name,
+            description=description,
+            definition=_dumps(definition.to_document()),
+            status=BUILDING,
+            build_cursor="",
+            built_profiles=0,
+            created_by=actor,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return get_audience(conn, audience_id=audience_id)
+
+
+def update_audience(
+    conn: Connection,
+    *,
+    audience_id: str,
+    name: str | None,
+    description: str | None,
+    document: Any | None,
+) -> dict[str, Any]:
+    row = _get_row(conn, audience_id)
+    values: dict[str, Any] = {"updated_at": datetime.now(UTC)}
+    if name is not None and name != row.name:
+        _check_name(conn, name, audience_id)
+        values["name"] = name
+    if description is not None:
+        values["description"] = description
+    if document is not None:
+        definition = _parse(conn, document, audience_id)
+        stored = _dumps(definition.to_document())
+        if stored != row.definition:
+            _ensure_implicit(conn, definition)
+            values.update(definition=stored, status=BUILDING, build_cursor="", built_profiles=0)
+    conn.execute(audiences.update().where(audiences.c.id == audience_id).values(**values))
+    if "definition" in values:
+        _rebuild_dependents(conn, set(), audiences_changed={audience_id})
+        _drop_unused_implicit(conn)
+    return get_audience(conn, audience_id=audience_id)
+
+
+def delete_audience(conn: Connection, *, audience_id: str) -> None:
+    _get_row(conn, audience_id)
+    users = _audiences_using(conn, audiences_={audience_id})
+    if users:
+        raise Conflict(
+            f"audiences {', '.join(sorted(users))} refer to {audience_id}; change them first"
+        )
+    now = datetime.now(UTC)
+    members = [
+        pid
+        for (pid,) in conn.execute(
+            sa.select(audience_members.c.profile_id).where(
+                audience_members.c.audience_id == audience_id
+            )
+        )
+    ]
+    if members:
+        # Destinations hear that every member left.
+        conn.execute(
+            audience_changes.insert(),
+            [
+                {
+                    "audience_id": audience_id,
+                    "profile_id": pid,
+                    "change": "exited",
+                    "at": now,
+                    "cause": "audience deleted",
+                }
+                for pid in members
+            ],
+        )
+    conn.execute(
+        audience_history.update()
+        .where(
+            audience_history.c.audience_id == audience_id, audience_history.c.exited_at.is_(None)
+        )
+        .values(exited_at=now, exited_cause="audience deleted")
+    )
+    conn.execute(audience_members.delete().where(audience_members.c.audience_id == audience_id))
+    conn.execute(
+        evaluation_schedule.delete().where(evaluation_schedule.c.item == f"audience:{audience_id}")
+    )
+    conn.execute(audiences.delete().where(audiences.c.id == audience_id))
+    _drop_unused_implicit(conn)
+
+
+def _audiences_using(
+    conn: Connection, *, computed: set[str] | None = None, audiences_: set[str] | None = None
+) -> set[str]:
+    users: set[str] = set()
+    for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
+        document = orjson.loads(definition)
+        if computed and computed & _computed_references(document):
+            users.add(aid)
+        if audiences_ and audiences_ & _references(document):
+            users.add(aid)
+    return users
+
+
+def _computed_references(doc: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(doc, dict):
+        if isinstance(doc.get("computed"), str):
+            found.add(doc["computed"])
+        for value in doc.values():
+            found |= _computed_references(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found |= _computed_references(item)
+    return found
+
+
+def _rebuild_dependents(
+    conn: Connection, traits: set[str], *, audiences_changed: set[str] | None = None
+) -> None:
+    """Audiences that read a changed trait or audience are evaluated over everyone again."""
+    changed = set(audiences_changed or ())
+    frontier = set(_audiences_using(conn, computed=traits)) if traits else set()
+    frontier |= changed
+    while frontier:
+        dependents = _audiences_using(conn, audiences_=frontier) - changed
+        changed |= frontier
+        frontier = dependents
+    changed -= set(audiences_changed or ())
+    if changed:
+        conn.execute(
+            audiences.update()
+            .where(audiences.c.id.in_(sorted(changed)))
+            .values(
+                status=BUILDING, build_cursor="", built_profiles=0, updated_at=datetime.now(UTC)
+            )
+        )
+
+
+def _drop_unused_implicit(conn: Connection) -> None:
+    used: set[str] = set()
+    for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
+        parsed = _parse(conn, orjson.loads(definition), aid)
+        used |= {document["name"] for document in parsed.implicit_traits}
+    for (name,) in conn.execute(
+        sa.select(computed_traits.c.name).where(computed_traits.c.implicit.is_(True))
+    ):
+        if name not in used:
+            _drop_trait(conn, name)
+
+
+# -- members ----------------------------------------------------------------------------
+
+
+def list_members(
+    conn: Connection, *, audience_id: str, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    _get_row(conn, audience_id)
+    query = (
+        sa.select(audience_members.c.profile_id, audience_members.c.entered_at)
+        .where(audience_members.c.audience_id == audience_id)
+        .order_by(audience_members.c.profile_id)
+        .limit(limit + 1)
+    )
+    if cursor:
+        query = query.where(audience_members.c.profile_id > cursor)
+    rows = list(conn.execute(query))
+    page = [{"profile_id": row.profile_id, "entered_at": row.entered_at} for row in rows[:limit]]
+    return page, (rows[limit - 1].profile_id if len(rows) > limit else None)
+
+
+def profile_audiences(conn: Connection, *, profile_id: str) -> list[dict[str, Any]]:
+    query = (
+        sa.select(audiences.c.id, audiences.c.name, audience_members.c.entered_at)
+        .join(audiences, audiences.c.id == audience_members.c.audience_id)
+        .where(audience_members.c.profile_id == profile_id)
+        .order_by(audiences.c.name)
+    )
+    return [
+        {"id": row.id, "name": row.name, "entered_at": row.entered_at}
+        for row in conn.execute(query)
+    ]
+
+
+def profile_computed_traits(conn: Connection, *, profile_id: str) -> dict[str, Any]:
+    query = (
+        sa.select(
+            computed_trait_values.c.name,
+            computed_trait_values.c.value,
+            computed_trait_values.c.updated_at,
+        )
+        .join(computed_traits, computed_traits.c.name == computed_trait_values.c.name)
+        .where(
+            computed_trait_values.c.profile_id == profile_id,
+            computed_traits.c.implicit.is_(False),
+            computed_traits.c.status == READY,
+        )
+        .order_by(computed_trait_values.c.name)
+    )
+    return {
+        row.name: {
+            "value": orjson.loads(row.value) if row.value is not None else None,
+            "updated_at": row.updated_at,
+        }
+        for row in conn.execute(query)
+    }
+
+
+def position(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(processor_state.c.position), 0))
+        ).scalar_one()
+    )
