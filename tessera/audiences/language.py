@@ -299,7 +299,10 @@ class _Parser:
         only_keys(doc, {"computed", "op", "value"}, path)
         name = doc["computed"]
         if not isinstance(name, str) or name not in self.computed_kinds:
-            known = ", ".join(sorted(self.computed_kinds)) or "none is defined yet"
+            names = sorted(self.computed_kinds)
+            known = ", ".join(names[:50]) or "none is defined yet"
+            if len(names) > 50:
+                known += f" and {len(names) - 50} more"
             raise InvalidDefinition(
                 f"unknown computed trait {_show(name)}; known computed traits: {known}",
                 path=f"{path}.computed",
