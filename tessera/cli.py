@@ -342,7 +342,7 @@ def rebuild() -> None:
     """Re-derive every profile, identity cluster and trait from the event log."""
     from rich.progress import Progress
 
-    from tessera.processor import Pipeline, lag, reset_derived_state, run_once
+    from tessera.processor import Pipeline, lag, reset_derived_state, run_maintenance, run_once
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -357,6 +357,9 @@ def rebuild() -> None:
             task = progress.add_task("rebuilding", total=total)
             while applied := run_once(engine, pipeline):
                 progress.advance(task, applied)
+            audiences = progress.add_task("computed traits and audiences", total=None)
+            while steps := run_maintenance(engine, pipeline):
+                progress.advance(audiences, steps)
         with engine.connect() as conn:
             left = lag(conn)
         engine.dispose()

@@ -22,6 +22,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from tessera.audiences.catalog import BUILDING, READY, Catalog, catalog_version, load_catalog
+from tessera.audiences.models import audiences, evaluation_schedule
+from tessera.audiences.stage import (
+    DerivedState,
+    backfill_step,
+    build_step,
+    next_due,
+    pending_work,
+    run_due,
+)
 from tessera.config import Settings
 from tessera.errors import NotFound, TesseraError
 from tessera.eventlog.models import events
@@ -35,7 +45,14 @@ from tessera.ingest.models import sources
 from tessera.logs import event
 from tessera.processor_models import processor_state
 from tessera.profiles.batch import ProfileBatch
-from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
+from tessera.profiles.models import (
+    computed_trait_values,
+    computed_traits,
+    event_profiles,
+    profile_accounts,
+    profile_traits,
+    profiles,
+)
 from tessera.profiles.policy import Provenance, TraitPolicies
 from tessera.store.upsert import upsert
 
@@ -85,10 +102,16 @@ class Pipeline:
             )
         )
 
-    def __init__(self, config: ProcessorConfig) -> None:
+    def __init__(
+        self, config: ProcessorConfig, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.config = config
         self.rules = config.rules
+        # The time windows and date conditions are judged by; tests fix it.
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._policies: TraitPolicies | None = None
+        self._catalog: Catalog | None = None
+        self._merges: list[tuple[str, str]] = []
         # Identifiers the rules left unlinked in the current batch, by reason; written
         # with the batch (`run_once`), so a rolled-back batch counts nothing.
         self.batch_drops: Counter[str] = Counter()
@@ -101,12 +124,20 @@ class Pipeline:
             self._policies = TraitPolicies.parse(self.config.trait_policies, names)
         return self._policies
 
+    def catalog(self, conn: Connection) -> Catalog:
+        """Computed-trait and audience definitions, reparsed only when one changed."""
+        version = catalog_version(conn)
+        if self._catalog is None or self._catalog.version != version:
+            self._catalog = load_catalog(conn)
+        return self._catalog
+
     def apply_batch(
         self,
         conn: Connection,
         rows: list[Any],
         *,
         before_write: Callable[[], None] | None = None,
+        evaluate_all: bool = False,
     ) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile.
 
@@ -125,16 +156,65 @@ class Pipeline:
         )
         profile_state = ProfileBatch(self.policies(conn, {row.source_id for row in rows}))
         profile_state.load(conn, owners)
+        self._merges = []
         for item in batch:
             self._apply(item, graph_state, profile_state)
+        derived = self._derive(conn, batch, graph_state, profile_state, evaluate_all)
         if before_write is not None:
             before_write()
         graph_state.flush(conn)
         profile_state.flush(conn, graph_state.resolve_id)
+        if derived is not None:
+            derived.flush(conn)
         return [
             (seq, graph_state.resolve_id(pid) if pid else None)
             for seq, pid in profile_state.attribution
         ]
+
+    def _derive(
+        self,
+        conn: Connection,
+        batch: list[_Event],
+        graph_state: IdentityBatch,
+        profile_state: ProfileBatch,
+        evaluate_all: bool,
+    ) -> DerivedState | None:
+        """Computed traits and audiences for the profiles this batch touched."""
+        catalog = self.catalog(conn)
+        if not catalog.traits and not catalog.audiences:
+            return None
+        final = graph_state.resolve_id
+        derived = DerivedState(catalog, self.clock())
+        owners = {seq: pid for seq, pid in profile_state.attribution if pid is not None}
+        touched: dict[str, str] = {}  # final profile → the message id of its last event
+        for item in batch:
+            pid = owners.get(item.row.seq)
+            if pid is not None:
+                touched[final(pid)] = item.row.message_id
+        merges = [(final(survivor), absorbed) for survivor, absorbed in self._merges]
+        derived.load(conn, set(touched) | {absorbed for _, absorbed in merges})
+        fresh = {final(pid) for pid in profile_state.created}
+        for survivor, absorbed in merges:
+            derived.absorb(survivor=survivor, absorbed=absorbed)
+            fresh.add(survivor)
+        for item in batch:
+            pid = owners.get(item.row.seq)
+            if pid is not None:
+                derived.observe(final(pid), item.payload, at=item.row.timestamp, seq=item.row.seq)
+        derived.settle_values()
+        changed: dict[str, set[str]] = {}
+        for pid, name in profile_state.changed_traits:
+            changed.setdefault(final(pid), set()).add(name)
+        for pid, message_id in touched.items():
+            derived.set_traits(
+                pid, {name: value.value for name, value in profile_state.traits[pid].items()}
+            )
+            affected = derived.affected(
+                pid, traits=changed.get(pid, set()), everything=evaluate_all or pid in fresh
+            )
+            if affected:
+                derived.evaluate(pid, affected, f"event:{message_id}")
+        return derived
 
     def _parse(self, row: Any) -> _Event:
         payload = orjson.loads(row.payload)
@@ -166,6 +246,7 @@ class Pipeline:
             graph_state.merge(
                 Merge(profile_id, absorbed, rule, [ident], row.seq, row.message_id, row.received_at)
             )
+            self._merges.append((profile_id, absorbed))
             profile_state.absorb(survivor=profile_id, absorbed=absorbed)
         graph_state.link(profile_id, resolution.new_identifiers, row.seq)
 
@@ -305,6 +386,29 @@ def run_once(
         return len(rows)
 
 
+def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> int:
+    """One step of the work that is not a batch of events, holding the position like a
+    batch: a chunk of a computed trait's backfill, or of an audience's build, and the
+    re-evaluations time has made due. Returns how much was done (0: nothing waits)."""
+    with engine.begin() as conn:
+        claim = _claim(conn, name, lock=conn.dialect.name == "postgresql")
+        catalog = pipeline.catalog(conn)
+        now = pipeline.clock()
+        backfilling, building = pending_work(catalog)
+        due = next_due(conn)
+        if not backfilling and not building and (due is None or due > now):
+            return 0
+        _confirm(conn, claim)
+        done = 0
+        if backfilling:
+            backfill_step(conn, catalog, backfilling[0], position=claim.position, now=now)
+            done += 1
+        elif building:  # in dependency order; its computed traits are ready by now
+            build_step(conn, catalog, building[0], now=now)
+            done += 1
+        return done + run_due(conn, catalog, now)
+
+
 def _count_drops(conn: Connection, drops: Counter[str]) -> None:
     if not drops:
         return
@@ -381,6 +485,11 @@ def lag(conn: Connection, *, name: str = MAIN) -> Lag:
 
 
 DERIVED_TABLES = (
+    "computed_trait_values",
+    "audience_members",
+    "audience_history",
+    "audience_changes",
+    "evaluation_schedule",
     "identity_dropped_identifiers",
     "event_profiles",
     "profile_traits",
@@ -401,6 +510,10 @@ def reset_derived_state(conn: Connection, *, name: str = MAIN) -> None:
         .where(processor_state.c.name == name)
         .values(position=0, unattributed_events=0)
     )
+    # Computed traits follow the replay from the first event; audiences are evaluated over
+    # every profile once it is done, as when they were created.
+    conn.execute(computed_traits.update().values(status=READY, backfilled_through=0))
+    conn.execute(audiences.update().values(status=BUILDING, build_cursor="", built_profiles=0))
 
 
 class Processor:
@@ -457,7 +570,17 @@ class Processor:
                 continue
             backoff = self._poll
             self.applied += applied
-            if applied == 0:
+            try:
+                maintained = run_maintenance(self._engine, self._pipeline)
+            except PositionMoved:
+                continue
+            except Exception as exc:
+                self.failures += 1
+                event(log, logging.ERROR, "processor.maintenance_failed", error=repr(exc)[:500])
+                record_failure(self._engine, exc)
+                self._stop.wait(backoff)
+                continue
+            if applied == 0 and maintained == 0:
                 self._wake.wait(self._poll)
                 self._wake.clear()
 
@@ -527,7 +650,7 @@ def unmerge(
         )
     ]
     conn.execute(identities.delete().where(identities.c.profile_id == profile_id))
-    for table in (profile_traits, profile_accounts):
+    for table in (profile_traits, profile_accounts, computed_trait_values, evaluation_schedule):
         conn.execute(table.delete().where(table.c.profile_id.in_(cluster)))
     conn.execute(
         profile_merges.delete().where(
@@ -544,7 +667,7 @@ def unmerge(
         rows = list(
             conn.execute(_event_columns().where(events.c.seq.in_(chunk)).order_by(events.c.seq))
         )
-        pipeline.apply_batch(conn, rows)
+        pipeline.apply_batch(conn, rows, evaluate_all=True)
         replayed += len(rows)
     return Unmerged(
         survivor_id=merge.survivor_id,

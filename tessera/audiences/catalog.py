@@ -84,6 +84,7 @@ def catalog_version(conn: Connection) -> tuple[Any, ...]:
             sa.func.count(),
             sa.func.max(computed_traits.c.updated_at),
             sa.func.sum(computed_traits.c.backfilled_through),
+            sa.func.sum(sa.case((computed_traits.c.status == READY, 1), else_=0)),
         )
     ).one()
     audiences_row = conn.execute(
@@ -91,6 +92,7 @@ def catalog_version(conn: Connection) -> tuple[Any, ...]:
             sa.func.count(),
             sa.func.max(audiences.c.updated_at),
             sa.func.sum(audiences.c.built_profiles),
+            sa.func.sum(sa.case((audiences.c.status == READY, 1), else_=0)),
         )
     ).one()
     return (*traits_row, *audiences_row)

@@ -86,6 +86,16 @@ class ProfileBatch:
                     row.traits, row.seq, row.timestamp
                 )
 
+    @property
+    def created(self) -> set[str]:
+        """Profiles this batch created."""
+        return self._new
+
+    @property
+    def changed_traits(self) -> set[tuple[str, str]]:
+        """(profile, trait name) pairs whose winning value this batch changed."""
+        return self._dirty_traits
+
     # -- changes ---------------------------------------------------------------------------
 
     def create(self, profile_id: str, *, seq: int, at: datetime) -> None:

@@ -1,0 +1,468 @@
+"""The processor's later stages: computed traits and audience membership, for the profiles
+one transaction touches. Four paths share it:
+
+- a batch of events (`Pipeline.apply_batch`): matching events feed computed traits, merges
+  fold the absorbed profile's values into the survivor, and only the audiences that the
+  changed traits and computed traits can affect are re-evaluated (the catalog's index);
+- time (`run_due`): the schedule holds, per profile, the moment a windowed trait or a date
+  condition next changes, and that moment re-evaluates exactly what it concerns;
+- a new or changed computed trait (`backfill_step`): replayed from the log in chunks;
+- a new or changed audience (`build_step`): evaluated over every profile in id order.
+
+Every entry and exit is written to the member table, the history, and the change stream
+in the same transaction as the processor's position.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tessera.audiences.catalog import BUILDING, READY, Catalog, dependents_closure
+from tessera.audiences.evaluate import ProfileFacts, evaluate
+from tessera.audiences.models import (
+    audience_changes,
+    audience_history,
+    audience_members,
+    audiences,
+    evaluation_schedule,
+)
+from tessera.eventlog.models import events
+from tessera.profiles import computed
+from tessera.profiles.computed import TraitState
+from tessera.profiles.models import (
+    computed_trait_values,
+    computed_traits,
+    event_profiles,
+    profile_traits,
+    profiles,
+)
+from tessera.store.chunks import chunked
+from tessera.store.upsert import upsert
+
+TRAIT_ITEM = "trait:"
+AUDIENCE_ITEM = "audience:"
+
+
+class DerivedState:
+    """Computed-trait states and memberships of a set of profiles, loaded in bulk, changed
+    in memory, written back in one flush."""
+
+    def __init__(self, catalog: Catalog, now: datetime) -> None:
+        self.catalog = catalog
+        self.now = now
+        self.states: dict[tuple[str, str], TraitState] = {}
+        self.values: dict[tuple[str, str], Any] = {}  # decoded current values
+        self.members: dict[str, set[str]] = defaultdict(set)
+        self.traits: dict[str, dict[str, Any]] = {}  # profile → decoded traits (as needed)
+        self._loaded: set[str] = set()
+        self._dirty_states: set[tuple[str, str]] = set()
+        self._changed_values: dict[str, set[str]] = defaultdict(set)
+        self._deleted_profiles: set[str] = set()
+        self._entered: list[tuple[str, str, str]] = []  # (audience, profile, cause)
+        self._exited: list[tuple[str, str, str]] = []
+        self.schedule: dict[tuple[str, str], datetime | None] = {}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self, conn: Connection, profile_ids: Iterable[str]) -> None:
+        wanted = sorted(set(profile_ids) - self._loaded)
+        self._loaded.update(wanted)
+        for chunk in chunked(wanted):
+            for row in conn.execute(
+                sa.select(computed_trait_values).where(
+                    computed_trait_values.c.profile_id.in_(chunk)
+                )
+            ):
+                spec = self.catalog.traits.get(row.name)
+                if spec is None:
+                    continue
+                key = (row.profile_id, row.name)
+                self.states[key] = computed.load_state(spec, row.state)
+                self.values[key] = orjson.loads(row.value) if row.value is not None else None
+            for row in conn.execute(
+                sa.select(audience_members.c.audience_id, audience_members.c.profile_id).where(
+                    audience_members.c.profile_id.in_(chunk)
+                )
+            ):
+                self.members[row.profile_id].add(row.audience_id)
+
+    def load_traits(self, conn: Connection, profile_ids: Iterable[str]) -> None:
+        """Profile traits from the store (the batch path passes its in-memory ones)."""
+        names = sorted(self._trait_names())
+        wanted = sorted(set(profile_ids) - set(self.traits))
+        for pid in wanted:
+            self.traits[pid] = {}
+        if not names:
+            return
+        for chunk in chunked(wanted):
+            for row in conn.execute(
+                sa.select(
+                    profile_traits.c.profile_id, profile_traits.c.name, profile_traits.c.value
+                )
+                .where(profile_traits.c.profile_id.in_(chunk))
+                .where(profile_traits.c.name.in_(names))
+            ):
+                self.traits[row.profile_id][row.name] = orjson.loads(row.value)
+
+    def _trait_names(self) -> set[str]:
+        names: set[str] = set()
+        for entry in self.catalog.audiences.values():
+            names |= entry.definition.dependencies.traits
+        return names
+
+    def set_traits(self, profile_id: str, raw: dict[str, str]) -> None:
+        """Traits as the profile batch holds them (name → JSON text); decodes what
+        audiences read."""
+        self.traits[profile_id] = {
+            name: orjson.loads(raw[name]) for name in self._trait_names() if name in raw
+        }
+
+    # -- computed traits ------------------------------------------------------------------
+
+    def state(self, profile_id: str, name: str) -> TraitState:
+        key = (profile_id, name)
+        found = self.states.get(key)
+        if found is None:
+            found = self.states[key] = computed.new_state(self.catalog.traits[name])
+        return found
+
+    def observe(self, profile_id: str, payload: dict[str, Any], *, at: datetime, seq: int) -> None:
+        name = payload.get("event") if payload.get("type") == "track" else payload.get("name")
+        for spec in self.catalog.specs_for(name if isinstance(name, str) else None):
+            if spec.matches(payload):
+                computed.observe(
+                    spec,
+                    self.state(profile_id, spec.name),
+                    at=at,
+                    seq=seq,
+                    value=spec.value_of(payload),
+                )
+                self._dirty_states.add((profile_id, spec.name))
+
+    def observe_one(
+        self, profile_id: str, name: str, payload: dict[str, Any], *, at: datetime, seq: int
+    ) -> None:
+        spec = self.catalog.traits[name]
+        if spec.matches(payload):
+            computed.observe(
+                spec, self.state(profile_id, name), at=at, seq=seq, value=spec.value_of(payload)
+            )
+            self._dirty_states.add((profile_id, name))
+
+    def absorb(self, *, survivor: str, absorbed: str) -> None:
+        """Two profiles were one person: fold values, and the absorbed one leaves every
+        audience (its id now resolves to the survivor, which is evaluated afresh)."""
+        for (pid, name), state in list(self.states.items()):
+            if pid != absorbed:
+                continue
+            spec = self.catalog.traits[name]
+            mine = self.states.get((survivor, name))
+            self.states[(survivor, name)] = (
+                state if mine is None else computed.merge_states(spec, mine, state)
+            )
+            self._dirty_states.add((survivor, name))
+            del self.states[(pid, name)]
+            self.values.pop((pid, name), None)
+            self._dirty_states.discard((pid, name))
+        for audience_id in sorted(self.members.pop(absorbed, set())):
+            self._exited.append((audience_id, absorbed, f"merged into {survivor}"))
+        self._deleted_profiles.add(absorbed)
+
+    def refresh(self, profile_id: str, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.catalog.traits and (profile_id, name) in self.states:
+                self._dirty_states.add((profile_id, name))
+
+    def settle_values(self) -> None:
+        """Recompute the values of changed states at `now`; note what changed and when
+        time will next change each."""
+        for key in sorted(self._dirty_states):
+            pid, name = key
+            spec = self.catalog.traits[name]
+            state = self.states[key]
+            computed.expire(spec, state, self.now)
+            value = computed.current_value(spec, state, self.now)
+            if key not in self.values or self.values[key] != value:
+                self._changed_values[pid].add(name)
+            self.values[key] = value
+            self.schedule[(pid, TRAIT_ITEM + name)] = (
+                computed.next_change(spec, state, self.now) if spec.window is not None else None
+            )
+
+    # -- audiences ------------------------------------------------------------------------
+
+    def affected(self, profile_id: str, *, traits: set[str], everything: bool) -> set[str]:
+        if everything:
+            return set(self.catalog.audiences)
+        return self.catalog.audiences_affected(
+            traits=traits, computed=self._changed_values.get(profile_id, set()), consent=False
+        )
+
+    def evaluate(
+        self, profile_id: str, audience_ids: set[str], cause: str, *, ready_only: bool = True
+    ) -> None:
+        """Re-evaluate `audience_ids` for one profile, then whatever references an audience
+        whose membership changed, in dependency order."""
+        pending = set(audience_ids)
+        computed_values = {
+            name: value for (pid, name), value in self.values.items() if pid == profile_id
+        }
+        traits = self.traits.get(profile_id, {})
+        for audience_id in self.catalog.order:
+            if audience_id not in pending:
+                continue
+            entry = self.catalog.audiences[audience_id]
+            if ready_only and entry.status != READY:
+                continue
+            mine = self.members[profile_id]
+            facts = ProfileFacts(
+                traits=traits, computed=computed_values, audiences=mine, consent={}
+            )
+            result = evaluate(entry.definition, facts, self.now)
+            self.schedule[(profile_id, AUDIENCE_ITEM + audience_id)] = result.next_change
+            if result.member == (audience_id in mine):
+                continue
+            if result.member:
+                mine.add(audience_id)
+                self._entered.append((audience_id, profile_id, cause))
+            else:
+                mine.discard(audience_id)
+                self._exited.append((audience_id, profile_id, cause))
+            pending |= dependents_closure(self.catalog, {audience_id})
+
+    # -- writing --------------------------------------------------------------------------
+
+    def flush(self, conn: Connection) -> None:
+        now = self.now
+        for chunk in chunked(sorted(self._deleted_profiles)):
+            conn.execute(
+                computed_trait_values.delete().where(computed_trait_values.c.profile_id.in_(chunk))
+            )
+            conn.execute(audience_members.delete().where(audience_members.c.profile_id.in_(chunk)))
+            conn.execute(
+                evaluation_schedule.delete().where(evaluation_schedule.c.profile_id.in_(chunk))
+            )
+        rows = [
+            {
+                "profile_id": pid,
+                "name": name,
+                "state": computed.dump_state(self.states[(pid, name)]),
+                "value": orjson.dumps(self.values.get((pid, name))).decode(),
+                "updated_at": now,
+            }
+            for pid, name in sorted(self._dirty_states)
+            if pid not in self._deleted_profiles
+        ]
+        upsert(conn, computed_trait_values, rows, keys=("profile_id", "name"))
+        self._flush_memberships(conn)
+        self._flush_schedule(conn)
+
+    def _flush_memberships(self, conn: Connection) -> None:
+        now = self.now
+        exits = [row for row in self._exited]
+        entries = [row for row in self._entered if row[1] not in self._deleted_profiles]
+        if exits:
+            conn.execute(
+                audience_members.delete().where(
+                    audience_members.c.audience_id == sa.bindparam("a"),
+                    audience_members.c.profile_id == sa.bindparam("p"),
+                ),
+                [{"a": aid, "p": pid} for aid, pid, _ in exits],
+            )
+            conn.execute(
+                audience_history.update()
+                .where(
+                    audience_history.c.audience_id == sa.bindparam("a"),
+                    audience_history.c.profile_id == sa.bindparam("p"),
+                    audience_history.c.exited_at.is_(None),
+                )
+                .values(exited_at=now, exited_cause=sa.bindparam("c")),
+                [{"a": aid, "p": pid, "c": cause[:300]} for aid, pid, cause in exits],
+            )
+        if entries:
+            conn.execute(
+                audience_members.insert(),
+                [
+                    {"audience_id": aid, "profile_id": pid, "entered_at": now}
+                    for aid, pid, _ in entries
+                ],
+            )
+            conn.execute(
+                audience_history.insert(),
+                [
+                    {
+                        "audience_id": aid,
+                        "profile_id": pid,
+                        "entered_at": now,
+                        "entered_cause": cause[:300],
+                    }
+                    for aid, pid, cause in entries
+                ],
+            )
+        changes = [("exited", row) for row in exits] + [("entered", row) for row in entries]
+        if changes:
+            conn.execute(
+                audience_changes.insert(),
+                [
+                    {
+                        "audience_id": aid,
+                        "profile_id": pid,
+                        "change": change,
+                        "at": now,
+                        "cause": cause[:300],
+                    }
+                    for change, (aid, pid, cause) in changes
+                ],
+            )
+
+    def _flush_schedule(self, conn: Connection) -> None:
+        keys = sorted(key for key in self.schedule if key[0] not in self._deleted_profiles)
+        if not keys:
+            return
+        conn.execute(
+            evaluation_schedule.delete().where(
+                evaluation_schedule.c.profile_id == sa.bindparam("p"),
+                evaluation_schedule.c.item == sa.bindparam("i"),
+            ),
+            [{"p": pid, "i": item} for pid, item in keys],
+        )
+        due = [
+            {"profile_id": pid, "item": item, "due_at": self.schedule[(pid, item)]}
+            for pid, item in keys
+            if self.schedule[(pid, item)] is not None
+        ]
+        if due:
+            conn.execute(evaluation_schedule.insert(), due)
+
+
+# -- the paths other than event batches ---------------------------------------------------
+
+
+def run_due(conn: Connection, catalog: Catalog, now: datetime, *, limit: int = 5000) -> int:
+    """Re-evaluate what time has changed: every schedule entry due by `now`."""
+    rows = list(
+        conn.execute(
+            sa.select(evaluation_schedule.c.profile_id, evaluation_schedule.c.item)
+            .where(evaluation_schedule.c.due_at <= now)
+            .order_by(evaluation_schedule.c.due_at)
+            .limit(limit)
+        )
+    )
+    if not rows:
+        return 0
+    items: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        items[row.profile_id].add(row.item)
+    state = DerivedState(catalog, now)
+    state.load(conn, items)
+    state.load_traits(conn, items)
+    for pid, due in items.items():
+        state.refresh(pid, [item[len(TRAIT_ITEM) :] for item in due if item.startswith(TRAIT_ITEM)])
+        for item in due:  # consumed; settle/evaluate write the next moment, if any
+            state.schedule.setdefault((pid, item), None)
+    state.settle_values()
+    for pid, due in items.items():
+        direct = {
+            item[len(AUDIENCE_ITEM) :]
+            for item in due
+            if item.startswith(AUDIENCE_ITEM) and item[len(AUDIENCE_ITEM) :] in catalog.audiences
+        }
+        state.evaluate(pid, direct | state.affected(pid, traits=set(), everything=False), "time")
+    state.flush(conn)
+    return len(rows)
+
+
+def next_due(conn: Connection) -> datetime | None:
+    return conn.execute(sa.select(sa.func.min(evaluation_schedule.c.due_at))).scalar()
+
+
+def backfill_step(
+    conn: Connection,
+    catalog: Catalog,
+    name: str,
+    *,
+    position: int,
+    now: datetime,
+    chunk: int = 5000,
+) -> bool:
+    """Replay the next chunk of the log (up to the processor's `position`) into computed
+    trait `name`; True when it has caught up and is ready."""
+    through = catalog.backfilled_through[name]
+    upto = min(position, through + chunk)
+    rows = list(
+        conn.execute(
+            sa.select(
+                events.c.seq, events.c.timestamp, events.c.payload, event_profiles.c.profile_id
+            )
+            .join(event_profiles, event_profiles.c.seq == events.c.seq)
+            .where(events.c.seq > through, events.c.seq <= upto)
+            .where(event_profiles.c.profile_id.is_not(None))
+            .order_by(events.c.seq)
+        )
+    )
+    state = DerivedState(catalog, now)
+    state.load(conn, {row.profile_id for row in rows})
+    for row in rows:
+        state.observe_one(
+            row.profile_id, name, orjson.loads(row.payload), at=row.timestamp, seq=row.seq
+        )
+    state.settle_values()
+    state.flush(conn)
+    done = upto >= position
+    conn.execute(
+        computed_traits.update()
+        .where(computed_traits.c.name == name)
+        .values(backfilled_through=upto, **({"status": READY} if done else {}))
+    )
+    return done
+
+
+def build_step(
+    conn: Connection, catalog: Catalog, audience_id: str, *, now: datetime, chunk: int = 2000
+) -> bool:
+    """Evaluate the next chunk of profiles (in id order) for a building audience; True when
+    every profile has been evaluated and the audience is ready (real time from then on)."""
+    entry = catalog.audiences[audience_id]
+    needs = entry.definition.dependencies
+    if any(catalog.trait_status.get(name) != READY for name in needs.computed):
+        return False  # its computed traits are still backfilling
+    if any(catalog.audiences[other].status != READY for other in needs.audiences):
+        return False
+    ids = [
+        pid
+        for (pid,) in conn.execute(
+            sa.select(profiles.c.id)
+            .where(profiles.c.merged_into.is_(None), profiles.c.id > entry.build_cursor)
+            .order_by(profiles.c.id)
+            .limit(chunk)
+        )
+    ]
+    state = DerivedState(catalog, now)
+    state.load(conn, ids)
+    state.load_traits(conn, ids)
+    for pid in ids:
+        state.evaluate(pid, {audience_id}, "definition", ready_only=False)
+    state.flush(conn)
+    done = len(ids) < chunk
+    values: dict[str, Any] = {
+        "build_cursor": ids[-1] if ids else entry.build_cursor,
+        "built_profiles": audiences.c.built_profiles + len(ids),
+    }
+    if done:
+        values["status"] = READY
+    conn.execute(audiences.update().where(audiences.c.id == audience_id).values(**values))
+    return done
+
+
+def pending_work(catalog: Catalog) -> tuple[list[str], list[str]]:
+    """Computed traits to backfill and audiences to build, in a workable order."""
+    traits = sorted(name for name, status in catalog.trait_status.items() if status != READY)
+    building = [aid for aid in catalog.order if catalog.audiences[aid].status == BUILDING]
+    return traits, building
