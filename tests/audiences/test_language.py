@@ -512,7 +512,7 @@ near_valid = st.recursive(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(doc=st.one_of(junk, near_valid), audience_id=st.sampled_from([None, "aud_a", "aud_vip"]))
 def test_junk_raises_nothing_but_invalid_definition(doc: Any, audience_id: str | None) -> None:
     try:
