@@ -131,7 +131,7 @@ def changes(engine: Engine) -> list[tuple[str, str, str, str]]:
                 "SELECT audience_id, profile_id, change, cause FROM audience_changes ORDER BY seq"
             )
         )
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+        return [tuple(row) for row in rows]
 
 
 def test_backfill_then_real_time_then_time(engine: Engine) -> None:
