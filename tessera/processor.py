@@ -50,6 +50,7 @@ from tessera.profiles.models import (
     computed_traits,
     event_profiles,
     profile_accounts,
+    profile_consent,
     profile_traits,
     profiles,
 )
@@ -205,12 +206,19 @@ class Pipeline:
         changed: dict[str, set[str]] = {}
         for pid, name in profile_state.changed_traits:
             changed.setdefault(final(pid), set()).add(name)
+        consent_changed = {final(pid) for pid, _ in profile_state.changed_consent}
         for pid, message_id in touched.items():
             derived.set_traits(
                 pid, {name: value.value for name, value in profile_state.traits[pid].items()}
             )
+            derived.consent[pid] = {
+                category: choice.granted for category, choice in profile_state.consent[pid].items()
+            }
             affected = derived.affected(
-                pid, traits=changed.get(pid, set()), everything=evaluate_all or pid in fresh
+                pid,
+                traits=changed.get(pid, set()),
+                consent=pid in consent_changed,
+                everything=evaluate_all or pid in fresh,
             )
             if affected:
                 derived.evaluate(pid, affected, f"event:{message_id}")
@@ -253,6 +261,10 @@ class Pipeline:
         provenance = Provenance(row.source_id, row.seq, row.message_id, row.timestamp)
         if payload.get("type") == "identify" and isinstance(payload.get("traits"), dict):
             profile_state.apply_traits(profile_id, payload["traits"], provenance)
+        context = payload.get("context") or {}
+        consent = context.get("consent") if isinstance(context, dict) else None
+        if isinstance(consent, dict) and isinstance(consent.get("categoryPreferences"), dict):
+            profile_state.apply_consent(profile_id, consent["categoryPreferences"], provenance)
         context_traits = (payload.get("context") or {}).get("traits")
         if isinstance(context_traits, dict) and context_traits:
             profile_state.apply_traits(profile_id, context_traits, provenance)
@@ -485,6 +497,7 @@ def lag(conn: Connection, *, name: str = MAIN) -> Lag:
 
 
 DERIVED_TABLES = (
+    "profile_consent",
     "computed_trait_values",
     "audience_members",
     "audience_history",
@@ -650,7 +663,13 @@ def unmerge(
         )
     ]
     conn.execute(identities.delete().where(identities.c.profile_id == profile_id))
-    for table in (profile_traits, profile_accounts, computed_trait_values, evaluation_schedule):
+    for table in (
+        profile_traits,
+        profile_accounts,
+        profile_consent,
+        computed_trait_values,
+        evaluation_schedule,
+    ):
         conn.execute(table.delete().where(table.c.profile_id.in_(cluster)))
     conn.execute(
         profile_merges.delete().where(

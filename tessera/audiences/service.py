@@ -438,30 +438,6 @@ def profile_audiences(conn: Connection, *, profile_id: str) -> list[dict[str, An
     ]
 
 
-def profile_computed_traits(conn: Connection, *, profile_id: str) -> dict[str, Any]:
-    query = (
-        sa.select(
-            computed_trait_values.c.name,
-            computed_trait_values.c.value,
-            computed_trait_values.c.updated_at,
-        )
-        .join(computed_traits, computed_traits.c.name == computed_trait_values.c.name)
-        .where(
-            computed_trait_values.c.profile_id == profile_id,
-            computed_traits.c.implicit.is_(False),
-            computed_traits.c.status == READY,
-        )
-        .order_by(computed_trait_values.c.name)
-    )
-    return {
-        row.name: {
-            "value": orjson.loads(row.value) if row.value is not None else None,
-            "updated_at": row.updated_at,
-        }
-        for row in conn.execute(query)
-    }
-
-
 def position(conn: Connection) -> int:
     return int(
         conn.execute(

@@ -40,6 +40,7 @@ from tessera.profiles.models import (
     computed_trait_values,
     computed_traits,
     event_profiles,
+    profile_consent,
     profile_traits,
     profiles,
 )
@@ -61,6 +62,7 @@ class DerivedState:
         self.values: dict[tuple[str, str], Any] = {}  # decoded current values
         self.members: dict[str, set[str]] = defaultdict(set)
         self.traits: dict[str, dict[str, Any]] = {}  # profile → decoded traits (as needed)
+        self.consent: dict[str, dict[str, bool]] = {}
         self._loaded: set[str] = set()
         self._dirty_states: set[tuple[str, str]] = set()
         self._changed_values: dict[str, set[str]] = defaultdict(set)
@@ -99,6 +101,16 @@ class DerivedState:
         wanted = sorted(set(profile_ids) - set(self.traits))
         for pid in wanted:
             self.traits[pid] = {}
+            self.consent[pid] = {}
+        for chunk in chunked(wanted):
+            for row in conn.execute(
+                sa.select(
+                    profile_consent.c.profile_id,
+                    profile_consent.c.category,
+                    profile_consent.c.granted,
+                ).where(profile_consent.c.profile_id.in_(chunk))
+            ):
+                self.consent[row.profile_id][row.category] = bool(row.granted)
         if not names:
             return
         for chunk in chunked(wanted):
@@ -198,11 +210,13 @@ class DerivedState:
 
     # -- audiences ------------------------------------------------------------------------
 
-    def affected(self, profile_id: str, *, traits: set[str], everything: bool) -> set[str]:
+    def affected(
+        self, profile_id: str, *, traits: set[str], everything: bool, consent: bool = False
+    ) -> set[str]:
         if everything:
             return set(self.catalog.audiences)
         return self.catalog.audiences_affected(
-            traits=traits, computed=self._changed_values.get(profile_id, set()), consent=False
+            traits=traits, computed=self._changed_values.get(profile_id, set()), consent=consent
         )
 
     def evaluate(
@@ -223,7 +237,10 @@ class DerivedState:
                 continue
             mine = self.members[profile_id]
             facts = ProfileFacts(
-                traits=traits, computed=computed_values, audiences=mine, consent={}
+                traits=traits,
+                computed=computed_values,
+                audiences=mine,
+                consent=self.consent.get(profile_id, {}),
             )
             result = evaluate(entry.definition, facts, self.now)
             self.schedule[(profile_id, AUDIENCE_ITEM + audience_id)] = result.next_change

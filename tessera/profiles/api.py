@@ -53,7 +53,12 @@ def get_profile(
 ) -> dict[str, object]:
     """The profile `ref` resolves to (an absorbed id resolves to its survivor). Personal data
     is masked for roles without `pii:read`."""
-    body = views.get_profile(conn, _resolve(conn, ref, request, principal))
+    profile_id = _resolve(conn, ref, request, principal)
+    body = views.get_profile(conn, profile_id)
+    # Audiences are a later stage; the app hands in how to list a profile's memberships.
+    memberships = getattr(request.app.state, "profile_audiences", None)
+    if memberships is not None:
+        body["audiences"] = memberships(conn, profile_id=profile_id)
     return body if principal.may("pii:read") else mask_profile(body)
 
 

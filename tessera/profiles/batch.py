@@ -16,7 +16,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
+from tessera.profiles.models import (
+    event_profiles,
+    profile_accounts,
+    profile_consent,
+    profile_traits,
+    profiles,
+)
 from tessera.profiles.policy import Provenance, TraitPolicies
 from tessera.store.chunks import chunked
 from tessera.store.upsert import upsert
@@ -41,6 +47,15 @@ class TraitValue:
 
 
 @dataclass(slots=True)
+class Consent:
+    granted: bool
+    provenance: Provenance
+
+
+MAX_CONSENT_CATEGORY = 64
+
+
+@dataclass(slots=True)
 class AccountLink:
     traits: str  # JSON
     seq: int
@@ -53,7 +68,9 @@ class ProfileBatch:
         self.rows: dict[str, ProfileRow] = {}
         self.traits: dict[str, dict[str, TraitValue]] = {}
         self.accounts: dict[str, dict[str, AccountLink]] = {}
+        self.consent: dict[str, dict[str, Consent]] = {}
         self._new: set[str] = set()
+        self._dirty_consent: set[tuple[str, str]] = set()
         self._dirty_rows: set[str] = set()
         self._dirty_traits: set[tuple[str, str]] = set()
         self._dirty_accounts: set[tuple[str, str]] = set()
@@ -74,11 +91,18 @@ class ProfileBatch:
                 )
                 self.traits.setdefault(row.id, {})
                 self.accounts.setdefault(row.id, {})
+                self.consent.setdefault(row.id, {})
             for row in conn.execute(
                 sa.select(profile_traits).where(profile_traits.c.profile_id.in_(chunk))
             ):
                 provenance = Provenance(row.source_id, row.seq, row.message_id, row.timestamp)
                 self.traits[row.profile_id][row.name] = TraitValue(row.value, provenance)
+            for row in conn.execute(
+                sa.select(profile_consent).where(profile_consent.c.profile_id.in_(chunk))
+            ):
+                self.consent[row.profile_id][row.category] = Consent(
+                    row.granted, Provenance(row.source_id, row.seq, "", row.timestamp)
+                )
             for row in conn.execute(
                 sa.select(profile_accounts).where(profile_accounts.c.profile_id.in_(chunk))
             ):
@@ -92,6 +116,10 @@ class ProfileBatch:
         return self._new
 
     @property
+    def changed_consent(self) -> set[tuple[str, str]]:
+        return self._dirty_consent
+
+    @property
     def changed_traits(self) -> set[tuple[str, str]]:
         """(profile, trait name) pairs whose winning value this batch changed."""
         return self._dirty_traits
@@ -102,6 +130,7 @@ class ProfileBatch:
         self.rows[profile_id] = ProfileRow(profile_id, seq, at, at, 0)
         self.traits[profile_id] = {}
         self.accounts[profile_id] = {}
+        self.consent[profile_id] = {}
         self._new.add(profile_id)
 
     def touch(self, profile_id: str, *, at: datetime) -> None:
@@ -124,6 +153,23 @@ class ProfileBatch:
             if 0 < len(name) <= MAX_TRAIT_NAME and "\x00" not in name:
                 self._offer(profile_id, name, TraitValue(orjson.dumps(value).decode(), provenance))
 
+    def apply_consent(
+        self, profile_id: str, preferences: dict[str, Any], provenance: Provenance
+    ) -> None:
+        """Segment's `categoryPreferences`: the latest stated choice per category wins."""
+        for category, granted in preferences.items():
+            if isinstance(granted, bool) and 0 < len(category) <= MAX_CONSENT_CATEGORY:
+                self._consent(profile_id, category, Consent(granted, provenance))
+
+    def _consent(self, profile_id: str, category: str, offered: Consent) -> None:
+        current = self.consent[profile_id].get(category)
+        if current is None or (offered.provenance.timestamp, offered.provenance.seq) >= (
+            current.provenance.timestamp,
+            current.provenance.seq,
+        ):
+            self.consent[profile_id][category] = offered
+            self._dirty_consent.add((profile_id, category))
+
     def link_account(
         self, profile_id: str, *, group_id: str, traits: dict[str, Any], seq: int, at: datetime
     ) -> None:
@@ -141,6 +187,8 @@ class ProfileBatch:
             self._offer(survivor, name, value)
         for group, link in self.accounts.pop(absorbed, {}).items():
             self._link(survivor, group, link)
+        for category, choice in self.consent.pop(absorbed, {}).items():
+            self._consent(survivor, category, choice)
         gone, kept = self.rows[absorbed], self.rows[survivor]
         kept.event_count += gone.event_count
         kept.updated_at = max(kept.updated_at, gone.updated_at)
@@ -159,6 +207,7 @@ class ProfileBatch:
             # Rows written before this batch: traits and accounts were folded in memory.
             conn.execute(profile_traits.delete().where(profile_traits.c.profile_id == absorbed))
             conn.execute(profile_accounts.delete().where(profile_accounts.c.profile_id == absorbed))
+            conn.execute(profile_consent.delete().where(profile_consent.c.profile_id == absorbed))
             conn.execute(
                 event_profiles.update()
                 .where(event_profiles.c.profile_id == absorbed)
@@ -220,6 +269,19 @@ class ProfileBatch:
             if (link := self.accounts.get(pid, {}).get(group)) is not None
         ]
         upsert(conn, profile_accounts, account_rows, keys=("profile_id", "group_id"))
+        consent_rows = [
+            {
+                "profile_id": pid,
+                "category": category,
+                "granted": choice.granted,
+                "source_id": choice.provenance.source_id,
+                "seq": choice.provenance.seq,
+                "timestamp": choice.provenance.timestamp,
+            }
+            for pid, category in sorted(self._dirty_consent)
+            if (choice := self.consent.get(pid, {}).get(category)) is not None
+        ]
+        upsert(conn, profile_consent, consent_rows, keys=("profile_id", "category"))
         if self.attribution:
             # One row per event: plain tuples to the driver, as the event log's appends do.
             marker = "?" if conn.dialect.name == "sqlite" else "%s"

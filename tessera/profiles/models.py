@@ -79,3 +79,16 @@ computed_trait_values = sa.Table(
     sa.Column("value", sa.Text, nullable=True),  # JSON of the current value
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+profile_consent = sa.Table(
+    "profile_consent",
+    metadata,
+    # The person's latest stated preference per category, from Segment's
+    # `context.consent.categoryPreferences` (the latest event timestamp wins).
+    sa.Column("profile_id", PROFILE_ID, primary_key=True),
+    sa.Column("category", sa.String(64), primary_key=True),
+    sa.Column("granted", sa.Boolean, nullable=False),
+    sa.Column("source_id", sa.Integer, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+)

@@ -17,7 +17,15 @@ from tessera.identity.config import ACCOUNT_TYPES, TYPE_NAME, IdentityRules
 from tessera.identity.extract import normalise
 from tessera.identity.models import identities, profile_merges
 from tessera.ingest.models import sources
-from tessera.profiles.models import event_profiles, profile_accounts, profile_traits, profiles
+from tessera.profiles.models import (
+    computed_trait_values,
+    computed_traits,
+    event_profiles,
+    profile_accounts,
+    profile_consent,
+    profile_traits,
+    profiles,
+)
 
 PROFILE_ID = re.compile(r"^prf_\d{1,19}$")
 
@@ -102,8 +110,43 @@ def get_profile(conn: Connection, profile_id: str) -> dict[str, Any]:
             )
         ],
         "event_count": row.event_count,
+        "computed_traits": computed_trait_values_of(conn, profile_id),
+        "consent": {
+            row.category: {"granted": row.granted, "timestamp": row.timestamp}
+            for row in conn.execute(
+                sa.select(profile_consent)
+                .where(profile_consent.c.profile_id == profile_id)
+                .order_by(profile_consent.c.category)
+            )
+        },
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+    }
+
+
+def computed_trait_values_of(conn: Connection, profile_id: str) -> dict[str, Any]:
+    """The profile's named, ready computed traits: `{name: {value, updated_at}}`. Implicit
+    ones (audience event conditions) and those still backfilling are left out."""
+    query = (
+        sa.select(
+            computed_trait_values.c.name,
+            computed_trait_values.c.value,
+            computed_trait_values.c.updated_at,
+        )
+        .join(computed_traits, computed_traits.c.name == computed_trait_values.c.name)
+        .where(
+            computed_trait_values.c.profile_id == profile_id,
+            computed_traits.c.implicit.is_(False),
+            computed_traits.c.status == "ready",
+        )
+        .order_by(computed_trait_values.c.name)
+    )
+    return {
+        row.name: {
+            "value": orjson.loads(row.value) if row.value is not None else None,
+            "updated_at": row.updated_at,
+        }
+        for row in conn.execute(query)
     }
 
 

@@ -20,6 +20,7 @@ from tessera.processor import (
     run_once,
     unmerge,
 )
+from tessera.profiles.views import computed_trait_values_of
 from tests.identity.helpers import ingest, profile_id
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -120,7 +121,7 @@ def members(engine: Engine, audience_id: str) -> set[str]:
 
 def values(engine: Engine, ref: str) -> dict[str, Any]:
     with engine.connect() as conn:
-        found = service.profile_computed_traits(conn, profile_id=profile_id(engine, ref))
+        found = computed_trait_values_of(conn, profile_id(engine, ref))
     return {name: item["value"] for name, item in found.items()}
 
 
@@ -251,3 +252,42 @@ def test_rebuild_reaches_the_same_memberships(engine: Engine) -> None:
         reset_derived_state(conn)
     settle(engine, make_pipeline(clock))
     assert derived(engine) == incremental
+
+
+def test_consent_state_decides_membership(engine: Engine) -> None:
+    clock = Clock(T0)
+    pipe = make_pipeline(clock)
+    with engine.begin() as conn:
+        audience = service.create_audience(
+            conn,
+            name="marketable",
+            description="",
+            document={"consent": "marketing"},
+            actor=None,
+        )
+    settle(engine, pipe)
+
+    def prefs(granted: bool, at: datetime) -> dict[str, Any]:
+        return {
+            "type": "track",
+            "userId": "dee",
+            "event": "Consent Updated",
+            "timestamp": at.isoformat(),
+            "context": {"consent": {"categoryPreferences": {"marketing": granted}}},
+        }
+
+    ingest(engine, [prefs(True, T0)])
+    settle(engine, pipe)
+    dee = profile_id(engine, "user_id:dee")
+    assert members(engine, audience["id"]) == {dee}
+    # A late event with an older timestamp does not override the newer choice.
+    ingest(engine, [prefs(False, T0 - timedelta(days=1))])
+    settle(engine, pipe)
+    assert members(engine, audience["id"]) == {dee}
+    ingest(engine, [prefs(False, T0 + timedelta(minutes=1))])
+    settle(engine, pipe)
+    assert members(engine, audience["id"]) == set()
+    with engine.connect() as conn:
+        from tessera.profiles.views import get_profile
+
+        assert get_profile(conn, dee)["consent"]["marketing"]["granted"] is False

@@ -111,8 +111,20 @@ def upgrade() -> None:
     with op.batch_alter_table("evaluation_schedule", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_evaluation_schedule_due_at"), ["due_at"], unique=False)
 
+    op.create_table(
+        "profile_consent",
+        sa.Column("profile_id", sa.String(length=32), nullable=False),
+        sa.Column("category", sa.String(length=64), nullable=False),
+        sa.Column("granted", sa.Boolean(), nullable=False),
+        sa.Column("source_id", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("timestamp", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("profile_id", "category", name=op.f("pk_profile_consent")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("profile_consent")
     with op.batch_alter_table("evaluation_schedule", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_evaluation_schedule_due_at"))
 
