@@ -14,6 +14,7 @@ from tessera import __version__
 from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.api.security import SecurityMiddleware
+from tessera.audiences import api as audiences_api
 from tessera.audit import api as audit_api
 from tessera.auth import api as auth_api
 from tessera.config import Settings
@@ -97,6 +98,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(profiles_api.router)
     app.include_router(auth_api.router)
     app.include_router(audit_api.router)
+    app.include_router(audiences_api.traits_router)
+    app.include_router(audiences_api.audiences_router)
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )

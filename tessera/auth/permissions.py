@@ -15,6 +15,9 @@ EVERYONE = frozenset(ROLES)
 PERMISSIONS: dict[str, frozenset[str]] = {
     "profiles:read": EVERYONE,
     "profiles:write": frozenset({"admin", "marketer"}),
+    # Audiences and the computed traits they are built on.
+    "audiences:read": EVERYONE,
+    "audiences:write": frozenset({"admin", "marketer"}),
     # Raw personal data (emails, phones, names, IPs); analysts see it masked.
     "pii:read": frozenset({"admin", "marketer", "sales", "support"}),
     "sources:manage": frozenset({"admin", "marketer"}),

@@ -1,0 +1,276 @@
+"""HTTP routes for computed traits (/api/v1/computed-traits) and audiences (/api/v1/audiences).
+
+Thin: the service validates and stores definitions; the processor backfills and builds them.
+Every change is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.exc import IntegrityError
+
+from tessera.api.deps import ConnectionDep, Principal, client_ip, require
+from tessera.audiences import service
+from tessera.audiences.schemas import (
+    AudienceIn,
+    AudienceOut,
+    AudiencePatch,
+    ComputedTraitDefinition,
+    ComputedTraitOut,
+    MemberPage,
+    check_plain_json,
+)
+from tessera.audit.service import record
+from tessera.errors import BadRequest, Conflict, InvalidDefinition
+
+traits_router = APIRouter(prefix="/api/v1/computed-traits", tags=["computed traits"])
+audiences_router = APIRouter(prefix="/api/v1/audiences", tags=["audiences"])
+Reader = Annotated[Principal, Depends(require("audiences:read"))]
+Writer = Annotated[Principal, Depends(require("audiences:write"))]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+]
+
+
+@contextmanager
+def _unique(message: str) -> Iterator[None]:
+    """Two requests creating the same name at once: the loser's insert hits the unique
+    constraint after the service's check; that is the same 409 as a clash seen in advance."""
+    try:
+        yield
+    except IntegrityError:
+        raise Conflict(message) from None
+
+
+# -- computed traits --------------------------------------------------------------------
+
+
+@traits_router.get("", response_model=list[ComputedTraitOut], summary="List computed traits")
+def list_computed_traits(
+    conn: ConnectionDep,
+    _: Reader,
+    include_implicit: Annotated[
+        bool, Query(description="Also the `_evt_...` traits audiences' event conditions use.")
+    ] = False,
+) -> list[dict[str, Any]]:
+    return service.list_computed_traits(conn, include_implicit=include_implicit)
+
+
+@traits_router.post(
+    "",
+    response_model=ComputedTraitOut,
+    status_code=201,
+    summary="Define a computed trait",
+)
+def create_computed_trait(
+    body: ComputedTraitDefinition, request: Request, conn: ConnectionDep, principal: Writer
+) -> dict[str, Any]:
+    """The body is the definition. The trait starts `backfilling` (the processor replays the
+    log into it) and turns `ready`."""
+    document = body.document()
+    check_plain_json(document)
+    with _unique(f"a computed trait named {document.get('name')!r} exists"):
+        trait = service.create_computed_trait(conn, document=document)
+    record(
+        conn,
+        actor=principal.actor,
+        action="computed_trait.create",
+        target=f"computed_trait:{trait['name']}",
+        ip=client_ip(request),
+        details={"definition": trait["definition"]},
+    )
+    return trait
+
+
+@traits_router.get("/{name}", response_model=ComputedTraitOut, summary="One computed trait")
+def get_computed_trait(name: str, conn: ConnectionDep, _: Reader) -> dict[str, Any]:
+    return service.get_computed_trait(conn, name=name)
+
+
+@traits_router.put("/{name}", response_model=ComputedTraitOut, summary="Change a computed trait")
+def update_computed_trait(
+    name: str,
+    body: ComputedTraitDefinition,
+    request: Request,
+    conn: ConnectionDep,
+    principal: Writer,
+) -> dict[str, Any]:
+    """The whole new definition, without a name (or with the same one). A changed definition
+    is backfilled again, and the audiences that use it are rebuilt."""
+    document = body.document()
+    check_plain_json(document)
+    if "name" in document and document["name"] != name:
+        raise InvalidDefinition(
+            f"a computed trait cannot be renamed: the body names {document['name']!r}, the URL "
+            f"{name!r}; leave the name out, or create a new trait and delete this one",
+            path="$.name",
+        )
+    before = service.get_computed_trait(conn, name=name)
+    trait = service.update_computed_trait(conn, name=name, document=document)
+    if trait["definition"] != before["definition"]:
+        record(
+            conn,
+            actor=principal.actor,
+            action="computed_trait.update",
+            target=f"computed_trait:{name}",
+            ip=client_ip(request),
+            details={"from": before["definition"], "to": trait["definition"]},
+        )
+    return trait
+
+
+@traits_router.delete("/{name}", status_code=204, summary="Delete a computed trait")
+def delete_computed_trait(
+    name: str, request: Request, conn: ConnectionDep, principal: Writer
+) -> None:
+    """Refused with 409 while an audience uses it."""
+    service.delete_computed_trait(conn, name=name)
+    record(
+        conn,
+        actor=principal.actor,
+        action="computed_trait.delete",
+        target=f"computed_trait:{name}",
+        ip=client_ip(request),
+    )
+
+
+# -- audiences --------------------------------------------------------------------------
+
+
+@audiences_router.get("", response_model=list[AudienceOut], summary="List audiences")
+def list_audiences(conn: ConnectionDep, _: Reader) -> list[dict[str, Any]]:
+    return service.list_audiences(conn)
+
+
+@audiences_router.post(
+    "", response_model=AudienceOut, status_code=201, summary="Define an audience"
+)
+def create_audience(
+    body: AudienceIn, request: Request, conn: ConnectionDep, principal: Writer
+) -> dict[str, Any]:
+    """The audience starts `building` (the processor evaluates every profile) and turns
+    `ready`; from then on membership follows every event and the passing of time."""
+    check_plain_json(body.definition)
+    with _unique(f"an audience named {body.name!r} exists"):
+        audience = service.create_audience(
+            conn,
+            name=body.name,
+            description=body.description,
+            document=body.definition,
+            actor=principal.actor,
+        )
+    record(
+        conn,
+        actor=principal.actor,
+        action="audience.create",
+        target=f"audience:{audience['id']}",
+        ip=client_ip(request),
+        details={"name": audience["name"], "definition": audience["definition"]},
+    )
+    return audience
+
+
+@audiences_router.get("/{audience_id}", response_model=AudienceOut, summary="One audience")
+def get_audience(audience_id: str, conn: ConnectionDep, _: Reader) -> dict[str, Any]:
+    return service.get_audience(conn, audience_id=audience_id)
+
+
+@audiences_router.patch("/{audience_id}", response_model=AudienceOut, summary="Change an audience")
+def update_audience(
+    audience_id: str,
+    body: AudiencePatch,
+    request: Request,
+    conn: ConnectionDep,
+    principal: Writer,
+) -> dict[str, Any]:
+    """Any of name, description and definition; a changed definition rebuilds the audience
+    and the audiences that refer to it."""
+    document = None
+    if "definition" in body.model_fields_set:
+        if body.definition is None:
+            raise InvalidDefinition("a condition is an object, not None", path="$")
+        check_plain_json(body.definition)
+        document = body.definition
+    before = service.get_audience(conn, audience_id=audience_id)
+    with _unique(f"an audience named {body.name!r} exists"):
+        audience = service.update_audience(
+            conn,
+            audience_id=audience_id,
+            name=body.name,
+            description=body.description,
+            document=document,
+        )
+    changes = {
+        field: {"from": before[field], "to": audience[field]}
+        for field in ("name", "description", "definition")
+        if before[field] != audience[field]
+    }
+    if changes:
+        record(
+            conn,
+            actor=principal.actor,
+            action="audience.update",
+            target=f"audience:{audience_id}",
+            ip=client_ip(request),
+            details=changes,
+        )
+    return audience
+
+
+@audiences_router.delete("/{audience_id}", status_code=204, summary="Delete an audience")
+def delete_audience(
+    audience_id: str, request: Request, conn: ConnectionDep, principal: Writer
+) -> None:
+    """Every member exits (destinations hear it). Refused with 409 while another audience
+    refers to this one."""
+    before = service.get_audience(conn, audience_id=audience_id)
+    service.delete_audience(conn, audience_id=audience_id)
+    record(
+        conn,
+        actor=principal.actor,
+        action="audience.delete",
+        target=f"audience:{audience_id}",
+        ip=client_ip(request),
+        details={"name": before["name"], "size": before["size"]},
+    )
+
+
+@audiences_router.get(
+    "/{audience_id}/members", response_model=MemberPage, summary="The audience's members"
+)
+def list_members(
+    audience_id: str,
+    conn: ConnectionDep,
+    _: Reader,
+    cursor: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Current members by profile id, a page at a time; follow `next_cursor`."""
+    items, last = service.list_members(
+        conn, audience_id=audience_id, cursor=_decode_cursor(cursor), limit=limit
+    )
+    return {"items": items, "next_cursor": None if last is None else _encode_cursor(last)}
+
+
+# The cursor is opaque, like the timeline's, so how pages are cut can change without
+# breaking clients; today it is the last profile id of the page.
+def _encode_cursor(profile_id: str) -> str:
+    return base64.urlsafe_b64encode(profile_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        text = ""
+    if not text.startswith("prf_") or "\x00" in text:
+        raise BadRequest(f"cursor {cursor[:40]!r} is not one this API gave out")
+    return text
