@@ -59,7 +59,8 @@ class DerivedState:
         self.catalog = catalog
         self.now = now
         self.states: dict[tuple[str, str], TraitState] = {}
-        self.values: dict[tuple[str, str], Any] = {}  # decoded current values
+        # Decoded current values, by profile then name (what evaluation reads).
+        self.values: dict[str, dict[str, Any]] = defaultdict(dict)
         self.members: dict[str, set[str]] = defaultdict(set)
         self.traits: dict[str, dict[str, Any]] = {}  # profile → decoded traits (as needed)
         self.consent: dict[str, dict[str, bool]] = {}
@@ -87,13 +88,62 @@ class DerivedState:
                     continue
                 key = (row.profile_id, row.name)
                 self.states[key] = computed.load_state(spec, row.state)
-                self.values[key] = orjson.loads(row.value) if row.value is not None else None
+                self.values[row.profile_id][row.name] = (
+                    orjson.loads(row.value) if row.value is not None else None
+                )
             for row in conn.execute(
                 sa.select(audience_members.c.audience_id, audience_members.c.profile_id).where(
                     audience_members.c.profile_id.in_(chunk)
                 )
             ):
                 self.members[row.profile_id].add(row.audience_id)
+
+    def load_range(self, conn: Connection, low: str, high: str, audience_id: str) -> None:
+        """Everything evaluating `audience_id` reads, for profiles with `low < id <= high`:
+        range scans on the primary keys instead of long IN lists (a build reads them all)."""
+        entry = self.catalog.audiences[audience_id]
+        needs = entry.definition.dependencies
+        in_range = (
+            computed_trait_values.c.profile_id > low,
+            computed_trait_values.c.profile_id <= high,
+        )
+        if needs.computed:
+            for row in conn.execute(
+                sa.select(
+                    computed_trait_values.c.profile_id,
+                    computed_trait_values.c.name,
+                    computed_trait_values.c.value,
+                ).where(*in_range, computed_trait_values.c.name.in_(sorted(needs.computed)))
+            ):
+                self.values[row.profile_id][row.name] = (
+                    orjson.loads(row.value) if row.value is not None else None
+                )
+        for member in conn.execute(
+            sa.select(audience_members.c.audience_id, audience_members.c.profile_id).where(
+                audience_members.c.profile_id > low,
+                audience_members.c.profile_id <= high,
+                audience_members.c.audience_id.in_(sorted(needs.audiences | {audience_id})),
+            )
+        ):
+            self.members[member.profile_id].add(member.audience_id)
+        if needs.traits:
+            for row in conn.execute(
+                sa.select(
+                    profile_traits.c.profile_id, profile_traits.c.name, profile_traits.c.value
+                )
+                .where(profile_traits.c.profile_id > low, profile_traits.c.profile_id <= high)
+                .where(profile_traits.c.name.in_(sorted(needs.traits)))
+            ):
+                self.traits.setdefault(row.profile_id, {})[row.name] = orjson.loads(row.value)
+        if needs.consent:
+            for row in conn.execute(
+                sa.select(
+                    profile_consent.c.profile_id,
+                    profile_consent.c.category,
+                    profile_consent.c.granted,
+                ).where(profile_consent.c.profile_id > low, profile_consent.c.profile_id <= high)
+            ):
+                self.consent.setdefault(row.profile_id, {})[row.category] = bool(row.granted)
 
     def load_traits(self, conn: Connection, profile_ids: Iterable[str]) -> None:
         """Profile traits from the store (the batch path passes its in-memory ones)."""
@@ -181,7 +231,7 @@ class DerivedState:
             )
             self._dirty_states.add((survivor, name))
             del self.states[(pid, name)]
-            self.values.pop((pid, name), None)
+            self.values[pid].pop(name, None)
             self._dirty_states.discard((pid, name))
         for audience_id in sorted(self.members.pop(absorbed, set())):
             self._exited.append((audience_id, absorbed, f"merged into {survivor}"))
@@ -201,9 +251,10 @@ class DerivedState:
             state = self.states[key]
             computed.expire(spec, state, self.now)
             value = computed.current_value(spec, state, self.now)
-            if key not in self.values or self.values[key] != value:
+            mine = self.values[pid]
+            if name not in mine or mine[name] != value:
                 self._changed_values[pid].add(name)
-            self.values[key] = value
+            mine[name] = value
             self.schedule[(pid, TRAIT_ITEM + name)] = (
                 computed.next_change(spec, state, self.now) if spec.window is not None else None
             )
@@ -220,14 +271,18 @@ class DerivedState:
         )
 
     def evaluate(
-        self, profile_id: str, audience_ids: set[str], cause: str, *, ready_only: bool = True
+        self,
+        profile_id: str,
+        audience_ids: set[str],
+        cause: str,
+        *,
+        ready_only: bool = True,
+        follow: bool = True,
     ) -> None:
         """Re-evaluate `audience_ids` for one profile, then whatever references an audience
         whose membership changed, in dependency order."""
         pending = set(audience_ids)
-        computed_values = {
-            name: value for (pid, name), value in self.values.items() if pid == profile_id
-        }
+        computed_values = {name: value for name, value in self.values.get(profile_id, {}).items()}
         traits = self.traits.get(profile_id, {})
         for audience_id in self.catalog.order:
             if audience_id not in pending:
@@ -252,7 +307,8 @@ class DerivedState:
             else:
                 mine.discard(audience_id)
                 self._exited.append((audience_id, profile_id, cause))
-            pending |= dependents_closure(self.catalog, {audience_id})
+            if follow:
+                pending |= dependents_closure(self.catalog, {audience_id})
 
     # -- writing --------------------------------------------------------------------------
 
@@ -271,7 +327,7 @@ class DerivedState:
                 "profile_id": pid,
                 "name": name,
                 "state": computed.dump_state(self.states[(pid, name)]),
-                "value": orjson.dumps(self.values.get((pid, name))).decode(),
+                "value": orjson.dumps(self.values[pid].get(name)).decode(),
                 "updated_at": now,
             }
             for pid, name in sorted(self._dirty_states)
@@ -442,7 +498,7 @@ def backfill_step(
 
 
 def build_step(
-    conn: Connection, catalog: Catalog, audience_id: str, *, now: datetime, chunk: int = 2000
+    conn: Connection, catalog: Catalog, audience_id: str, *, now: datetime, chunk: int = 10_000
 ) -> bool:
     """Evaluate the next chunk of profiles (in id order) for a building audience; True when
     every profile has been evaluated and the audience is ready (real time from then on)."""
@@ -462,10 +518,10 @@ def build_step(
         )
     ]
     state = DerivedState(catalog, now)
-    state.load(conn, ids)
-    state.load_traits(conn, ids)
+    if ids:
+        state.load_range(conn, entry.build_cursor, ids[-1], audience_id)
     for pid in ids:
-        state.evaluate(pid, {audience_id}, "definition", ready_only=False)
+        state.evaluate(pid, {audience_id}, "definition", ready_only=False, follow=False)
     state.flush(conn)
     done = len(ids) < chunk
     values: dict[str, Any] = {
