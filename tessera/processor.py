@@ -413,7 +413,7 @@ def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> 
         _confirm(conn, claim)
         done = 0
         if backfilling:
-            backfill_step(conn, catalog, backfilling[0], position=claim.position, now=now)
+            backfill_step(conn, catalog, backfilling, position=claim.position, now=now)
             done += 1
         elif building:  # in dependency order; its computed traits are ready by now
             build_step(conn, catalog, building[0], now=now)

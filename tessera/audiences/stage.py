@@ -459,15 +459,16 @@ def next_due(conn: Connection) -> datetime | None:
 def backfill_step(
     conn: Connection,
     catalog: Catalog,
-    name: str,
+    names: list[str],
     *,
     position: int,
     now: datetime,
-    chunk: int = 5000,
+    chunk: int = 20_000,
 ) -> bool:
-    """Replay the next chunk of the log (up to the processor's `position`) into computed
-    trait `name`; True when it has caught up and is ready."""
-    through = catalog.backfilled_through[name]
+    """Replay the next chunk of the log (up to the processor's `position`) into the
+    computed traits `names`, which must have been backfilled to the same point (one pass
+    over the log serves every trait created together); True when they are ready."""
+    through = catalog.backfilled_through[names[0]]
     upto = min(position, through + chunk)
     rows = list(
         conn.execute(
@@ -483,15 +484,15 @@ def backfill_step(
     state = DerivedState(catalog, now)
     state.load(conn, {row.profile_id for row in rows})
     for row in rows:
-        state.observe_one(
-            row.profile_id, name, orjson.loads(row.payload), at=row.timestamp, seq=row.seq
-        )
+        payload = orjson.loads(row.payload)
+        for name in names:
+            state.observe_one(row.profile_id, name, payload, at=row.timestamp, seq=row.seq)
     state.settle_values()
     state.flush(conn)
     done = upto >= position
     conn.execute(
         computed_traits.update()
-        .where(computed_traits.c.name == name)
+        .where(computed_traits.c.name.in_(names))
         .values(backfilled_through=upto, **({"status": READY} if done else {}))
     )
     return done
@@ -536,6 +537,15 @@ def build_step(
 
 def pending_work(catalog: Catalog) -> tuple[list[str], list[str]]:
     """Computed traits to backfill and audiences to build, in a workable order."""
-    traits = sorted(name for name, status in catalog.trait_status.items() if status != READY)
+    traits = sorted(
+        (name for name, status in catalog.trait_status.items() if status != READY),
+        key=lambda name: (catalog.backfilled_through[name], name),
+    )
+    if traits:  # the furthest behind, with every trait backfilled to the same point
+        traits = [
+            name
+            for name in traits
+            if catalog.backfilled_through[name] == catalog.backfilled_through[traits[0]]
+        ]
     building = [aid for aid in catalog.order if catalog.audiences[aid].status == BUILDING]
     return traits, building
