@@ -15,6 +15,7 @@ from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.api.security import SecurityMiddleware
 from tessera.audiences import api as audiences_api
+from tessera.audiences import service as audience_service
 from tessera.audit import api as audit_api
 from tessera.auth import api as auth_api
 from tessera.config import Settings
@@ -100,6 +101,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(audit_api.router)
     app.include_router(audiences_api.traits_router)
     app.include_router(audiences_api.audiences_router)
+    # The profile API lists memberships without importing a later stage.
+    app.state.profile_audiences = audience_service.profile_audiences
     tracking = ingest_api.TrackingAPI(
         ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
     )

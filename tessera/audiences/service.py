@@ -159,7 +159,10 @@ def _drop_trait(conn: Connection, name: str) -> None:
 # -- audiences --------------------------------------------------------------------------
 
 
-def _parse(conn: Connection, document: Any, audience_id: str | None) -> AudienceDefinition:
+def parse_definition(
+    conn: Connection, document: Any, audience_id: str | None
+) -> AudienceDefinition:
+    """Validate an audience document against the store's computed traits and audiences."""
     kinds = {
         name: orjson.loads(definition)["kind"]
         for name, definition in conn.execute(
@@ -250,7 +253,7 @@ def create_audience(
     conn: Connection, *, name: str, description: str, document: Any, actor: str | None
 ) -> dict[str, Any]:
     _check_name(conn, name, None)
-    definition = _parse(conn, document, None)
+    definition = parse_definition(conn, document, None)
     _ensure_implicit(conn, definition)
     now = datetime.now(UTC)
     audience_id = f"aud_{secrets.token_hex(8)}"
@@ -287,7 +290,7 @@ def update_audience(
     if description is not None:
         values["description"] = description
     if document is not None:
-        definition = _parse(conn, document, audience_id)
+        definition = parse_definition(conn, document, audience_id)
         stored = _dumps(definition.to_document())
         if stored != row.definition:
             _ensure_implicit(conn, definition)
@@ -396,7 +399,7 @@ def _rebuild_dependents(
 def _drop_unused_implicit(conn: Connection) -> None:
     used: set[str] = set()
     for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
-        parsed = _parse(conn, orjson.loads(definition), aid)
+        parsed = parse_definition(conn, orjson.loads(definition), aid)
         used |= {document["name"] for document in parsed.implicit_traits}
     for (name,) in conn.execute(
         sa.select(computed_traits.c.name).where(computed_traits.c.implicit.is_(True))
