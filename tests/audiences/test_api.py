@@ -582,11 +582,6 @@ def test_traits_backfill_and_audiences_build_then_follow_events(
     assert member_ids(admin, audience["id"]) == sorted([u1, u3])
 
 
-@pytest.mark.xfail(
-    reason="create_app does not yet set app.state.profile_audiences, which "
-    "GET /api/v1/profiles/{ref} reads a profile's audiences through",
-    strict=False,
-)
 def test_the_profile_shows_its_computed_traits_and_audiences(live: LiveTessera, admin: Api) -> None:
     audience = build_regulars(live, admin)
     u1 = admin.ok("GET", "/api/v1/profiles/user_id:u1")
