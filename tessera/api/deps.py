@@ -55,7 +55,10 @@ def get_connection(request: Request) -> Iterator[Connection]:
         yield conn
 
 
-ConnectionDep = Annotated[Connection, Depends(get_connection)]
+# "function" scope: the transaction commits before the response is sent. FastAPI's default
+# ("request") runs the dependency's exit after the response has gone out, so a client could
+# read before the write it was told of had committed, or get a 2xx for a failed commit.
+ConnectionDep = Annotated[Connection, Depends(get_connection, scope="function")]
 
 
 def client_ip(request: Request) -> str | None:

@@ -206,3 +206,26 @@ class MemberOut(BaseModel):
 class MemberPage(BaseModel):
     items: list[MemberOut]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"definition": {"trait": "plan", "op": "eq", "value": "gold"}}]
+        },
+    )
+
+    definition: Any = Field(description="A draft condition tree; nothing is saved.")
+
+
+class PreviewOut(BaseModel):
+    size: int = Field(description="Members the draft would have now (estimated when not exact).")
+    exact: bool = Field(description="Every profile was evaluated within the time budget.")
+    evaluated_profiles: int
+    profiles: int = Field(description="Profiles in all.")
+    sample: list[str] = Field(description="Some members' profile ids.")
+    computed_from_events: list[str] = Field(
+        description="Event conditions no computed trait answers yet, computed from the events."
+    )
+    seconds: float

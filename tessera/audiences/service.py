@@ -25,7 +25,7 @@ from tessera.audiences.models import (
     audiences,
     evaluation_schedule,
 )
-from tessera.errors import BadRequest, Conflict, NotFound
+from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.eventlog.models import events
 from tessera.processor_models import processor_state
 from tessera.profiles.computed import parse_computed_trait
@@ -118,8 +118,28 @@ def update_computed_trait(conn: Connection, *, name: str, document: Any) -> dict
     spec = parse_computed_trait({**document, "name": name})
     if spec.to_document() != current["definition"]:
         _reset_trait(conn, name, spec.to_document())
+        _check_users_still_parse(conn, name)
         _rebuild_dependents(conn, {name})
     return get_computed_trait(conn, name=name)
+
+
+def _check_users_still_parse(conn: Connection, name: str) -> None:
+    """A new kind may not fit how audiences use the trait (`gte` on a list): refuse the
+    change (the caller's transaction rolls back) rather than store audiences that no longer
+    mean anything."""
+    broken = []
+    for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
+        document = orjson.loads(definition)
+        if name in _computed_references(document):
+            try:
+                parse_definition(conn, document, aid)
+            except InvalidDefinition as exc:
+                broken.append(f"{aid} ({exc.message})")
+    if broken:
+        raise Conflict(
+            f"computed trait {name!r} cannot change this way: audiences use it as it is: "
+            + "; ".join(broken)
+        )
 
 
 def _reset_trait(conn: Connection, name: str, document: dict[str, Any]) -> None:

@@ -390,11 +390,6 @@ def test_unknown_names_clashes_and_dependents(admin: Api) -> None:
     assert admin.request("DELETE", f"{TRAITS}/orders_30d").status_code == 204
 
 
-@pytest.mark.xfail(
-    reason="service.update_computed_trait does not re-check the audiences that use the trait "
-    "against its new kind; the processor's catalog then cannot load them",
-    strict=True,
-)
 def test_changing_a_traits_kind_under_an_audience_is_refused(admin: Api) -> None:
     admin.ok("POST", TRAITS, ORDERS_30D, status=201)
     audience = admin.ok(
@@ -590,3 +585,24 @@ def test_the_profile_shows_its_computed_traits_and_audiences(live: LiveTessera, 
     u2 = admin.ok("GET", "/api/v1/profiles/user_id:u2")
     assert u2["computed_traits"]["spend"]["value"] == 500
     assert u2["audiences"] == []
+
+
+def test_a_draft_preview_answers_what_the_audience_becomes(live: LiveTessera, admin: Api) -> None:
+    response = post(live, "/v1/batch", {"batch": JOURNEYS})
+    assert response.status_code == 200, response.text
+    wait_until_caught_up(live.engine)
+    draft = {
+        "and": [
+            {"trait": "plan", "op": "eq", "value": "pro"},
+            {"event": "Order Completed", "count": {"op": "gte", "value": 2}},
+        ]
+    }
+    preview = admin.ok("POST", f"{AUDIENCES}/preview", {"definition": draft})
+    assert preview["exact"] is True and preview["profiles"] == 3
+    assert preview["sample"] == [profile_id(admin, "u1")] and preview["size"] == 1
+    assert preview["computed_from_events"]  # a new event condition, from the events
+    assert admin.ok("GET", AUDIENCES) == []  # nothing saved
+    analyst = Api(live, "analyst")
+    assert analyst.ok("POST", f"{AUDIENCES}/preview", {"definition": draft})["size"] == 1
+    refused = admin.request("POST", f"{AUDIENCES}/preview", {"definition": {"trait": "x"}})
+    assert_invalid(refused, "$.op", "missing")

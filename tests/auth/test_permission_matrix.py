@@ -53,6 +53,8 @@ PATH_VALUES: dict[str, str] = {
     "ref": "user_id:u1",
     "token_id": "999999",
     "user_id": "999999",
+    "name": "no_such_trait",
+    "audience_id": "aud_nope",
 }
 # A valid example body for each route that takes one, so that an allowed role's request is
 # not refused for its shape.
@@ -63,6 +65,15 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", f"{API}/users"): {"email": "new@example.com", "password": PASSWORD, "role": "sales"},
     ("PATCH", f"{API}/users/{{user_id}}"): {"role": "support"},
     ("POST", f"{API}/profiles/{{ref}}/unmerge"): {"merge_id": 999999},
+    ("POST", f"{API}/computed-traits"): {
+        "name": "matrix_orders",
+        "kind": "count",
+        "event": {"name": "Order Completed"},
+    },
+    ("PUT", f"{API}/computed-traits/{{name}}"): {"kind": "count"},
+    ("POST", f"{API}/audiences"): {"name": "matrix", "definition": {"consent": "email"}},
+    ("POST", f"{API}/audiences/preview"): {"definition": {"consent": "email"}},
+    ("PATCH", f"{API}/audiences/{{audience_id}}"): {"name": "matrix renamed"},
 }
 SEED = [
     {
