@@ -117,9 +117,11 @@ def _groups(times: list[int], step: int) -> list[tuple[int, int]]:
 
 
 def _coarsest_needed(series: list[list[int]], resolution: int) -> int:
-    """The finest grid step, not finer than `resolution`, that fits the entry budget."""
+    """The finest grid step, not finer than `resolution`, that fits the entry budget (or
+    leaves one entry per series, if even that is over it)."""
     step = max(resolution, _GRID[0])
-    while sum(_cells(times, step) for times in series) > COALESCED_ENTRIES:
+    fewest = sum(1 for times in series if times)
+    while max(fewest, COALESCED_ENTRIES) < sum(_cells(times, step) for times in series):
         step = next((g for g in _GRID if g > step), step * 2)
     return step
 

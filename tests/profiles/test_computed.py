@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tessera.conditions import MISSING, as_number
 from tessera.errors import InvalidDefinition
+from tessera.profiles import computed_state
 from tessera.profiles.computed import (
     KINDS,
     ComputedTraitSpec,
@@ -587,6 +588,42 @@ def test_a_heavy_user_stays_bounded_and_counts_stay_exact_away_from_the_edge() -
         1 for e in events if near - timedelta(days=30, hours=2) < e.at <= near - timedelta(days=30)
     )
     assert 0 <= error <= step_worth
+
+
+@pytest.mark.parametrize("kind", ["count", "max", "first_time", "most_frequent"])
+@SETTINGS
+@given(data=st.data())
+def test_past_the_cap_events_count_at_most_one_grid_step_late(
+    kind: str, data: st.DataObject
+) -> None:
+    scenario = data.draw(scenarios(kind))
+    spec, events = scenario.spec, scenario.events
+    if spec.window is None:
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(computed_state, "MAX_ENTRIES", 8)
+        patch.setattr(computed_state, "COALESCED_ENTRIES", 6)
+        state = scenario.replay()
+    step = timedelta(microseconds=getattr(state, "resolution", 0))
+    for moment in moments_to_check(scenario)[:20]:
+        got = current_value(spec, state, moment)
+        exact, wider = brute(spec, events, moment), brute(spec, events, moment - step)
+        if kind == "count":
+            assert exact <= got <= wider
+            assert (got == 0) == (exact == 0)  # "any event in the window" stays exact
+        elif kind in ("max", "first_time"):
+            assert (got is None) == (exact is None)
+            if got is not None:
+                assert min(exact, wider) <= got <= max(exact, wider)
+        else:
+            assert (got is None) == (exact is None)
+    upcoming = next_change(spec, state, scenario.now)
+    assert upcoming is None or upcoming > scenario.now
+    for moment in moments_to_check(scenario):
+        if upcoming is None or moment < upcoming:
+            assert same(
+                current_value(spec, state, moment), current_value(spec, state, scenario.now)
+            )
 
 
 def test_every_windowed_kind_stays_bounded() -> None:
