@@ -43,8 +43,7 @@ def _log_head(conn: Connection) -> int:
 # -- computed traits --------------------------------------------------------------------
 
 
-def _trait_view(conn: Connection, row: Any) -> dict[str, Any]:
-    head = _log_head(conn)
+def _trait_view(row: Any, *, head: int) -> dict[str, Any]:
     document = orjson.loads(row.definition)
     document["name"] = row.name
     return {
@@ -70,7 +69,8 @@ def list_computed_traits(
     query = sa.select(computed_traits).order_by(computed_traits.c.name)
     if not include_implicit:
         query = query.where(computed_traits.c.implicit.is_(False))
-    return [_trait_view(conn, row) for row in conn.execute(query)]
+    head = _log_head(conn)
+    return [_trait_view(row, head=head) for row in conn.execute(query)]
 
 
 def get_computed_trait(conn: Connection, *, name: str) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def get_computed_trait(conn: Connection, *, name: str) -> dict[str, Any]:
         raise NotFound(
             f"there is no computed trait {name!r}; GET /api/v1/computed-traits lists them"
         )
-    return _trait_view(conn, row)
+    return _trait_view(row, head=_log_head(conn))
 
 
 def create_computed_trait(conn: Connection, *, document: Any) -> dict[str, Any]:
@@ -203,13 +203,24 @@ def parse_definition(
     )
 
 
-def _audience_view(conn: Connection, row: Any) -> dict[str, Any]:
-    members = conn.execute(
-        sa.select(sa.func.count()).where(audience_members.c.audience_id == row.id)
-    ).scalar_one()
-    total = conn.execute(
-        sa.select(sa.func.count()).where(profiles.c.merged_into.is_(None))
-    ).scalar_one()
+def _profile_total(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(profiles.c.merged_into.is_(None))
+        ).scalar_one()
+    )
+
+
+def _sizes(conn: Connection, audience_ids: list[str]) -> dict[str, int]:
+    query = (
+        sa.select(audience_members.c.audience_id, sa.func.count())
+        .where(audience_members.c.audience_id.in_(audience_ids))
+        .group_by(audience_members.c.audience_id)
+    )
+    return {audience_id: int(count) for audience_id, count in conn.execute(query)}
+
+
+def _audience_view(row: Any, *, members: int, total: int) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -238,14 +249,17 @@ def _get_row(conn: Connection, audience_id: str) -> Any:
 
 
 def get_audience(conn: Connection, *, audience_id: str) -> dict[str, Any]:
-    return _audience_view(conn, _get_row(conn, audience_id))
+    row = _get_row(conn, audience_id)
+    size = _sizes(conn, [audience_id]).get(audience_id, 0)
+    return _audience_view(row, members=size, total=_profile_total(conn))
 
 
 def list_audiences(conn: Connection) -> list[dict[str, Any]]:
-    return [
-        _audience_view(conn, row)
-        for row in conn.execute(sa.select(audiences).order_by(audiences.c.created_at))
-    ]
+    rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.created_at)))
+    if not rows:
+        return []
+    sizes, total = _sizes(conn, [row.id for row in rows]), _profile_total(conn)
+    return [_audience_view(row, members=sizes.get(row.id, 0), total=total) for row in rows]
 
 
 def _check_name(conn: Connection, name: str, audience_id: str | None) -> None:
