@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from tessera.audiences.catalog import READY, AudienceEntry, load_catalog, parse_stored_trait
 from tessera.audiences.evaluate import ProfileFacts, evaluate
 from tessera.audiences.service import parse_definition
-from tessera.audiences.stage import DerivedState
+from tessera.audiences.stage import DerivedState, surviving_profiles
 from tessera.eventlog.models import events
 from tessera.profiles.models import event_profiles, profiles
 
@@ -62,22 +62,14 @@ def preview_audience(
     sample: list[str] = []
     exact = False
     while True:
-        ids = [
-            pid
-            for (pid,) in conn.execute(
-                sa.select(profiles.c.id)
-                .where(profiles.c.merged_into.is_(None), profiles.c.id > cursor)
-                .order_by(profiles.c.id)
-                .limit(chunk)
-            )
-        ]
-        if not ids:
+        ids, last = surviving_profiles(conn, after=cursor, limit=chunk)
+        if last is None:
             exact = True
             break
         state = DerivedState(catalog, now)
-        state.load_range(conn, cursor, ids[-1], DRAFT)
+        state.load_range(conn, cursor, last, DRAFT)
         if on_the_fly:
-            _compute_from_events(conn, state, on_the_fly, cursor, ids[-1])
+            _compute_from_events(conn, state, on_the_fly, cursor, last)
         for pid in ids:
             facts = ProfileFacts(
                 traits=state.traits.get(pid, {}),
@@ -90,7 +82,7 @@ def preview_audience(
                 if len(sample) < sample_size:
                     sample.append(pid)
         evaluated += len(ids)
-        cursor = ids[-1]
+        cursor = last
         if time.perf_counter() - started > budget_seconds:
             break
     # Past the budget, the share of members among the profiles evaluated, scaled up.

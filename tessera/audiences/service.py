@@ -420,6 +420,13 @@ def _rebuild_dependents(
         changed |= frontier
         frontier = dependents
     changed -= set(audiences_changed or ())
+    rebuilt = changed | set(audiences_changed or ())
+    if rebuilt:  # their builds start with no schedule rows (build_step relies on it)
+        conn.execute(
+            evaluation_schedule.delete().where(
+                evaluation_schedule.c.item.in_(sorted(f"audience:{aid}" for aid in rebuilt))
+            )
+        )
     if changed:
         conn.execute(
             audiences.update()

@@ -47,6 +47,8 @@ from tessera.profiles.models import (
 from tessera.store.chunks import chunked
 from tessera.store.upsert import upsert
 
+_NOTHING: dict[str, Any] = {}
+_NO_MEMBERSHIPS: frozenset[str] = frozenset()
 TRAIT_ITEM = "trait:"
 AUDIENCE_ITEM = "audience:"
 
@@ -282,7 +284,7 @@ class DerivedState:
         """Re-evaluate `audience_ids` for one profile, then whatever references an audience
         whose membership changed, in dependency order."""
         pending = set(audience_ids)
-        computed_values = {name: value for name, value in self.values.get(profile_id, {}).items()}
+        computed_values = self.values.get(profile_id, {})
         traits = self.traits.get(profile_id, {})
         for audience_id in self.catalog.order:
             if audience_id not in pending:
@@ -309,6 +311,29 @@ class DerivedState:
                 self._exited.append((audience_id, profile_id, cause))
             if follow:
                 pending |= dependents_closure(self.catalog, {audience_id})
+
+    def build_one(self, profile_id: str, audience_id: str) -> None:
+        """`evaluate` for one profile and one building audience, without the dependency
+        walk (its dependents are building too): the build's inner loop. A build starts with
+        no schedule rows for the audience (the service clears them), so only a
+        time-dependent result is scheduled."""
+        mine = self.members.get(profile_id) or _NO_MEMBERSHIPS
+        facts = ProfileFacts(
+            traits=self.traits.get(profile_id) or _NOTHING,
+            computed=self.values.get(profile_id) or _NOTHING,
+            audiences=mine,
+            consent=self.consent.get(profile_id) or _NOTHING,
+        )
+        result = evaluate(self.catalog.audiences[audience_id].definition, facts, self.now)
+        if result.next_change is not None:
+            self.schedule[(profile_id, AUDIENCE_ITEM + audience_id)] = result.next_change
+        if result.member != (audience_id in mine):
+            if result.member:
+                self.members[profile_id].add(audience_id)
+                self._entered.append((audience_id, profile_id, "definition"))
+            else:
+                self.members[profile_id].discard(audience_id)
+                self._exited.append((audience_id, profile_id, "definition"))
 
     # -- writing --------------------------------------------------------------------------
 
@@ -399,20 +424,21 @@ class DerivedState:
         keys = sorted(key for key in self.schedule if key[0] not in self._deleted_profiles)
         if not keys:
             return
-        conn.execute(
-            evaluation_schedule.delete().where(
-                evaluation_schedule.c.profile_id == sa.bindparam("p"),
-                evaluation_schedule.c.item == sa.bindparam("i"),
-            ),
-            [{"p": pid, "i": item} for pid, item in keys],
-        )
+        gone = [{"p": pid, "i": item} for pid, item in keys if self.schedule[(pid, item)] is None]
+        if gone:
+            conn.execute(
+                evaluation_schedule.delete().where(
+                    evaluation_schedule.c.profile_id == sa.bindparam("p"),
+                    evaluation_schedule.c.item == sa.bindparam("i"),
+                ),
+                gone,
+            )
         due = [
             {"profile_id": pid, "item": item, "due_at": self.schedule[(pid, item)]}
             for pid, item in keys
             if self.schedule[(pid, item)] is not None
         ]
-        if due:
-            conn.execute(evaluation_schedule.insert(), due)
+        upsert(conn, evaluation_schedule, due, keys=("profile_id", "item"))
 
 
 # -- the paths other than event batches ---------------------------------------------------
@@ -498,6 +524,23 @@ def backfill_step(
     return done
 
 
+def surviving_profiles(conn: Connection, *, after: str, limit: int) -> tuple[list[str], str | None]:
+    """The next `limit` profiles in id order after `after`: the surviving ones' ids, and the
+    last id read (None at the end). Absorbed ones are skipped here rather than in SQL: with
+    `merged_into IS NULL` in the query, SQLite picks that index and sorts every profile."""
+    rows = list(
+        conn.execute(
+            sa.select(profiles.c.id, profiles.c.merged_into)
+            .where(profiles.c.id > after)
+            .order_by(profiles.c.id)
+            .limit(limit)
+        )
+    )
+    if not rows:
+        return [], None
+    return [row.id for row in rows if row.merged_into is None], rows[-1].id
+
+
 def build_step(
     conn: Connection, catalog: Catalog, audience_id: str, *, now: datetime, chunk: int = 10_000
 ) -> bool:
@@ -509,24 +552,16 @@ def build_step(
         return False  # its computed traits are still backfilling
     if any(catalog.audiences[other].status != READY for other in needs.audiences):
         return False
-    ids = [
-        pid
-        for (pid,) in conn.execute(
-            sa.select(profiles.c.id)
-            .where(profiles.c.merged_into.is_(None), profiles.c.id > entry.build_cursor)
-            .order_by(profiles.c.id)
-            .limit(chunk)
-        )
-    ]
+    ids, last = surviving_profiles(conn, after=entry.build_cursor, limit=chunk)
     state = DerivedState(catalog, now)
-    if ids:
-        state.load_range(conn, entry.build_cursor, ids[-1], audience_id)
+    if last is not None:
+        state.load_range(conn, entry.build_cursor, last, audience_id)
     for pid in ids:
-        state.evaluate(pid, {audience_id}, "definition", ready_only=False, follow=False)
+        state.build_one(pid, audience_id)
     state.flush(conn)
-    done = len(ids) < chunk
+    done = last is None
     values: dict[str, Any] = {
-        "build_cursor": ids[-1] if ids else entry.build_cursor,
+        "build_cursor": last or entry.build_cursor,
         "built_profiles": audiences.c.built_profiles + len(ids),
     }
     if done:

@@ -73,11 +73,15 @@ computed_traits = sa.Table(
 computed_trait_values = sa.Table(
     "computed_trait_values",
     metadata,
+    # Read by profile (primary-key ranges); no index on `name` alone: SQLite would pick it
+    # for range reads and scan every profile's row of that trait.
     sa.Column("profile_id", PROFILE_ID, primary_key=True),
-    sa.Column("name", sa.String(64), primary_key=True, index=True),
-    sa.Column("state", sa.Text, nullable=False),  # the engine's incremental state
+    sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=True),  # JSON of the current value
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Last: SQLite reads a row's columns in order, so reading the value never walks the
+    # overflow pages of a large state.
+    sa.Column("state", sa.Text, nullable=False),  # the engine's incremental state
 )
 
 profile_consent = sa.Table(

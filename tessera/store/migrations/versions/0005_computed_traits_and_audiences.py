@@ -82,13 +82,11 @@ def upgrade() -> None:
         "computed_trait_values",
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("state", sa.Text(), nullable=False),
         sa.Column("value", sa.Text(), nullable=True),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("profile_id", "name", name=op.f("pk_computed_trait_values")),
     )
-    with op.batch_alter_table("computed_trait_values", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_computed_trait_values_name"), ["name"], unique=False)
 
     op.create_table(
         "computed_traits",
@@ -130,9 +128,6 @@ def downgrade() -> None:
 
     op.drop_table("evaluation_schedule")
     op.drop_table("computed_traits")
-    with op.batch_alter_table("computed_trait_values", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_computed_trait_values_name"))
-
     op.drop_table("computed_trait_values")
     op.drop_table("audiences")
     with op.batch_alter_table("audience_members", schema=None) as batch_op:
