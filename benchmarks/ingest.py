@@ -674,7 +674,7 @@ def _package(frame: str) -> str:
 # Leaf frames where a thread sits waiting rather than running (py-spy's own idle detection
 # misses these here), and frames every stack shares, which say nothing about the hot path.
 _IDLE_LEAVES = ("Condition.wait (threading.py", "Event.wait (threading.py", "select (selectors.py")
-_BOILERPLATE = (
+_BOILERPLATE: tuple[str, ...] = (
     "threading.py",
     "typer/",
     "tessera/cli.py",
