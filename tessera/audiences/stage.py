@@ -504,6 +504,7 @@ def backfill_step(
             .join(event_profiles, event_profiles.c.seq == events.c.seq)
             .where(events.c.seq > through, events.c.seq <= upto)
             .where(event_profiles.c.profile_id.is_not(None))
+            .where(*_may_match(catalog, names))
             .order_by(events.c.seq)
         )
     )
@@ -539,6 +540,18 @@ def surviving_profiles(conn: Connection, *, after: str, limit: int) -> tuple[lis
     if not rows:
         return [], None
     return [row.id for row in rows if row.merged_into is None], rows[-1].id
+
+
+def _may_match(catalog: Catalog, names: list[str]) -> list[sa.ColumnElement[bool]]:
+    """SQL that leaves out the events none of `names` can match (by the log's `type` and
+    `name` columns), so the backfill parses only candidates' payloads."""
+    specs = [catalog.traits[name] for name in names]
+    conditions: list[sa.ColumnElement[bool]] = []
+    if all(spec.event_type is not None for spec in specs):
+        conditions.append(events.c.type.in_(sorted({str(spec.event_type) for spec in specs})))
+    if all(spec.event_name is not None for spec in specs):
+        conditions.append(events.c.name.in_(sorted({str(spec.event_name) for spec in specs})))
+    return conditions
 
 
 def build_step(
