@@ -61,6 +61,9 @@ class DerivedState:
         self.catalog = catalog
         self.now = now
         self.states: dict[tuple[str, str], TraitState] = {}
+        # States as stored, parsed only when an event, a merge or time needs them: most
+        # loaded rows are only read for their values.
+        self._stored: dict[tuple[str, str], str] = {}
         # Decoded current values, by profile then name (what evaluation reads).
         self.values: dict[str, dict[str, Any]] = defaultdict(dict)
         self.members: dict[str, set[str]] = defaultdict(set)
@@ -89,7 +92,7 @@ class DerivedState:
                 if spec is None:
                     continue
                 key = (row.profile_id, row.name)
-                self.states[key] = computed.load_state(spec, row.state)
+                self._stored[key] = row.state
                 self.values[row.profile_id][row.name] = (
                     orjson.loads(row.value) if row.value is not None else None
                 )
@@ -194,8 +197,16 @@ class DerivedState:
         key = (profile_id, name)
         found = self.states.get(key)
         if found is None:
-            found = self.states[key] = computed.new_state(self.catalog.traits[name])
+            spec = self.catalog.traits[name]
+            stored = self._stored.pop(key, None)
+            found = (
+                computed.new_state(spec) if stored is None else computed.load_state(spec, stored)
+            )
+            self.states[key] = found
         return found
+
+    def _has_state(self, profile_id: str, name: str) -> bool:
+        return (profile_id, name) in self.states or (profile_id, name) in self._stored
 
     def observe(self, profile_id: str, payload: dict[str, Any], *, at: datetime, seq: int) -> None:
         name = payload.get("event") if payload.get("type") == "track" else payload.get("name")
@@ -223,11 +234,10 @@ class DerivedState:
     def absorb(self, *, survivor: str, absorbed: str) -> None:
         """Two profiles were one person: fold values, and the absorbed one leaves every
         audience (its id now resolves to the survivor, which is evaluated afresh)."""
-        for (pid, name), state in list(self.states.items()):
-            if pid != absorbed:
-                continue
+        for pid, name in [key for key in (*self.states, *self._stored) if key[0] == absorbed]:
             spec = self.catalog.traits[name]
-            mine = self.states.get((survivor, name))
+            state = self.state(pid, name)
+            mine = self.state(survivor, name) if self._has_state(survivor, name) else None
             self.states[(survivor, name)] = (
                 state if mine is None else computed.merge_states(spec, mine, state)
             )
@@ -241,7 +251,7 @@ class DerivedState:
 
     def refresh(self, profile_id: str, names: Iterable[str]) -> None:
         for name in names:
-            if name in self.catalog.traits and (profile_id, name) in self.states:
+            if name in self.catalog.traits and self._has_state(profile_id, name):
                 self._dirty_states.add((profile_id, name))
 
     def settle_values(self) -> None:
@@ -250,7 +260,7 @@ class DerivedState:
         for key in sorted(self._dirty_states):
             pid, name = key
             spec = self.catalog.traits[name]
-            state = self.states[key]
+            state = self.state(pid, name)
             computed.expire(spec, state, self.now)
             value = computed.current_value(spec, state, self.now)
             mine = self.values[pid]
