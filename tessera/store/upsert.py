@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+from tessera.store.types import UtcDateTime
 
 
 def upsert(
@@ -17,14 +19,52 @@ def upsert(
     *,
     keys: Sequence[str],
 ) -> None:
-    """Insert `rows`; where `keys` already exist, overwrite the other columns."""
+    """Insert `rows`; where `keys` already exist, overwrite the other columns.
+
+    The processor's flushes run this for thousands of rows a batch, so it hands the driver
+    plain tuples in one executemany (SQLAlchemy's per-row parameter processing cost more
+    than the database's work). On SQLite, `UtcDateTime` values are formatted as that type
+    stores them; psycopg adapts aware datetimes itself.
+    """
     if not rows:
         return
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = module.insert(table)
-    columns = [column for column in rows[0] if column not in keys]
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={column: statement.excluded[column] for column in columns},
+    columns = list(rows[0])
+    sqlite = conn.dialect.name == "sqlite"
+    marker = "?" if sqlite else "%s"
+    updates = [column for column in columns if column not in keys]
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    conflict = ", ".join(f'"{key}"' for key in keys)
+    action = (
+        "DO UPDATE SET " + ", ".join(f'"{column}" = excluded."{column}"' for column in updates)
+        if updates
+        else "DO NOTHING"
     )
-    conn.execute(statement, list(rows))
+    values = ", ".join(marker for _ in columns)
+    statement = (
+        f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values}) ON CONFLICT ({conflict}) {action}'
+    )
+    times = {
+        index
+        for index, column in enumerate(columns)
+        if sqlite and isinstance(table.c[column].type, UtcDateTime)
+    }
+    if times:
+        params = [
+            tuple(
+                _sqlite_time(row[column]) if index in times else row[column]
+                for index, column in enumerate(columns)
+            )
+            for row in rows
+        ]
+    else:
+        params = [tuple(row[column] for column in columns) for row in rows]
+    conn.exec_driver_sql(statement, params)
+
+
+def _sqlite_time(moment: datetime | None) -> str | None:
+    """UTC wall time in the text form `UtcDateTime` stores on SQLite."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")
