@@ -76,6 +76,8 @@ class DerivedState:
         self._entered: list[tuple[str, str, str]] = []  # (audience, profile, cause)
         self._exited: list[tuple[str, str, str]] = []
         self.schedule: dict[tuple[str, str], datetime | None] = {}
+        # Schedule rows as loaded, so a flush writes only what changed.
+        self._scheduled: dict[tuple[str, str], datetime] = {}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -102,6 +104,14 @@ class DerivedState:
                 )
             ):
                 self.members[row.profile_id].add(row.audience_id)
+            for row in conn.execute(
+                sa.select(
+                    evaluation_schedule.c.profile_id,
+                    evaluation_schedule.c.item,
+                    evaluation_schedule.c.due_at,
+                ).where(evaluation_schedule.c.profile_id.in_(chunk))
+            ):
+                self._scheduled[(row.profile_id, row.item)] = row.due_at
 
     def load_range(self, conn: Connection, low: str, high: str, audience_id: str) -> None:
         """Everything evaluating `audience_id` reads, for profiles with `low < id <= high`:
@@ -434,7 +444,13 @@ class DerivedState:
         keys = sorted(key for key in self.schedule if key[0] not in self._deleted_profiles)
         if not keys:
             return
-        gone = [{"p": pid, "i": item} for pid, item in keys if self.schedule[(pid, item)] is None]
+        # Only rows that exist are deleted, and only moved moments written (a build's
+        # profiles have no rows for the audience it builds: the service cleared them).
+        gone = [
+            {"p": pid, "i": item}
+            for pid, item in keys
+            if self.schedule[(pid, item)] is None and (pid, item) in self._scheduled
+        ]
         if gone:
             conn.execute(
                 evaluation_schedule.delete().where(
@@ -444,9 +460,10 @@ class DerivedState:
                 gone,
             )
         due = [
-            {"profile_id": pid, "item": item, "due_at": self.schedule[(pid, item)]}
+            {"profile_id": pid, "item": item, "due_at": moment}
             for pid, item in keys
-            if self.schedule[(pid, item)] is not None
+            if (moment := self.schedule[(pid, item)]) is not None
+            and moment != self._scheduled.get((pid, item))
         ]
         upsert(conn, evaluation_schedule, due, keys=("profile_id", "item"))
 
