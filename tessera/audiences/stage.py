@@ -27,8 +27,6 @@ from sqlalchemy.engine import Connection
 from tessera.audiences.catalog import BUILDING, READY, Catalog, dependents_closure
 from tessera.audiences.evaluate import ProfileFacts, evaluate
 from tessera.audiences.models import (
-    audience_changes,
-    audience_history,
     audience_members,
     audiences,
     evaluation_schedule,
@@ -45,7 +43,7 @@ from tessera.profiles.models import (
     profiles,
 )
 from tessera.store.chunks import chunked
-from tessera.store.upsert import upsert
+from tessera.store.upsert import bind_time, upsert
 
 _NOTHING: dict[str, Any] = {}
 _NO_MEMBERSHIPS: frozenset[str] = frozenset()
@@ -383,61 +381,40 @@ class DerivedState:
         self._flush_schedule(conn)
 
     def _flush_memberships(self, conn: Connection) -> None:
-        now = self.now
-        exits = [row for row in self._exited]
+        # Plain tuples to the driver, as the event log's appends do: a batch may write
+        # thousands of entries and exits.
+        sqlite = conn.dialect.name == "sqlite"
+        mark = "?" if sqlite else "%s"
+        now = bind_time(conn, self.now)
+        exits = list(self._exited)
         entries = [row for row in self._entered if row[1] not in self._deleted_profiles]
         if exits:
-            conn.execute(
-                audience_members.delete().where(
-                    audience_members.c.audience_id == sa.bindparam("a"),
-                    audience_members.c.profile_id == sa.bindparam("p"),
-                ),
-                [{"a": aid, "p": pid} for aid, pid, _ in exits],
+            conn.exec_driver_sql(
+                f"DELETE FROM audience_members WHERE audience_id = {mark} AND profile_id = {mark}",
+                [(aid, pid) for aid, pid, _ in exits],
             )
-            conn.execute(
-                audience_history.update()
-                .where(
-                    audience_history.c.audience_id == sa.bindparam("a"),
-                    audience_history.c.profile_id == sa.bindparam("p"),
-                    audience_history.c.exited_at.is_(None),
-                )
-                .values(exited_at=now, exited_cause=sa.bindparam("c")),
-                [{"a": aid, "p": pid, "c": cause[:300]} for aid, pid, cause in exits],
+            conn.exec_driver_sql(
+                f"UPDATE audience_history SET exited_at = {mark}, exited_cause = {mark} "
+                f"WHERE audience_id = {mark} AND profile_id = {mark} AND exited_at IS NULL",
+                [(now, cause[:300], aid, pid) for aid, pid, cause in exits],
             )
         if entries:
-            conn.execute(
-                audience_members.insert(),
-                [
-                    {"audience_id": aid, "profile_id": pid, "entered_at": now}
-                    for aid, pid, _ in entries
-                ],
+            conn.exec_driver_sql(
+                "INSERT INTO audience_members (audience_id, profile_id, entered_at) "
+                f"VALUES ({mark}, {mark}, {mark})",
+                [(aid, pid, now) for aid, pid, _ in entries],
             )
-            conn.execute(
-                audience_history.insert(),
-                [
-                    {
-                        "audience_id": aid,
-                        "profile_id": pid,
-                        "entered_at": now,
-                        "entered_cause": cause[:300],
-                    }
-                    for aid, pid, cause in entries
-                ],
+            conn.exec_driver_sql(
+                "INSERT INTO audience_history (audience_id, profile_id, entered_at, "
+                f"entered_cause) VALUES ({mark}, {mark}, {mark}, {mark})",
+                [(aid, pid, now, cause[:300]) for aid, pid, cause in entries],
             )
         changes = [("exited", row) for row in exits] + [("entered", row) for row in entries]
         if changes:
-            conn.execute(
-                audience_changes.insert(),
-                [
-                    {
-                        "audience_id": aid,
-                        "profile_id": pid,
-                        "change": change,
-                        "at": now,
-                        "cause": cause[:300],
-                    }
-                    for change, (aid, pid, cause) in changes
-                ],
+            conn.exec_driver_sql(
+                'INSERT INTO audience_changes (audience_id, profile_id, "change", at, cause) '
+                f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
+                [(aid, pid, change, now, cause[:300]) for change, (aid, pid, cause) in changes],
             )
 
     def _flush_schedule(self, conn: Connection) -> None:

@@ -61,6 +61,13 @@ def upsert(
     conn.exec_driver_sql(statement, params)
 
 
+def bind_time(conn: Connection, moment: datetime) -> datetime | str:
+    """`moment` as a driver parameter for a `UtcDateTime` column."""
+    if conn.dialect.name == "sqlite":
+        return _sqlite_time(moment) or ""
+    return moment
+
+
 def _sqlite_time(moment: datetime | None) -> str | None:
     """UTC wall time in the text form `UtcDateTime` stores on SQLite."""
     if moment is None:
