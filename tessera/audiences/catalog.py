@@ -5,7 +5,6 @@ to the audiences that reference them. Reloaded when a definition changes."""
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +45,6 @@ class Catalog:
     consent_audiences: set[str] = field(default_factory=set)
     order: list[str] = field(default_factory=list)  # referenced audiences first
     version: tuple[Any, ...] = ()
-
-    def ready_audiences(self) -> list[str]:
-        return [aid for aid in self.order if self.audiences[aid].status == READY]
 
     def specs_for(self, event_name: str | None) -> list[ComputedTraitSpec]:
         found = self.traits_by_event.get(None, [])
@@ -109,12 +105,12 @@ def load_catalog(conn: Connection) -> Catalog:
             catalog.traits_by_event.setdefault(spec.event_name, []).append(spec)
     kinds = {name: spec.kind for name, spec in catalog.traits.items()}
     rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.id)))
-    references = {row.id: frozenset(_references(orjson.loads(row.definition))) for row in rows}
+    referred = {row.id: frozenset(references(orjson.loads(row.definition))) for row in rows}
     for row in rows:
         definition = parse_audience(
             orjson.loads(row.definition),
             computed_kinds=kinds,
-            audience_references=references.get,
+            audience_references=referred.get,
             audience_id=row.id,
         )
         catalog.audiences[row.id] = AudienceEntry(
@@ -135,17 +131,18 @@ def load_catalog(conn: Connection) -> Catalog:
     return catalog
 
 
-def _references(doc: Any) -> set[str]:
-    """Audience ids a stored document refers to (stored documents are valid and acyclic)."""
+def references(doc: Any, key: str = "audience") -> set[str]:
+    """What a stored definition names under `key` anywhere in its tree: the audiences
+    (`"audience"`) or the computed traits (`"computed"`) it reads."""
     found: set[str] = set()
     if isinstance(doc, dict):
-        if isinstance(doc.get("audience"), str):
-            found.add(doc["audience"])
+        if isinstance(doc.get(key), str):
+            found.add(doc[key])
         for value in doc.values():
-            found |= _references(value)
+            found |= references(value, key)
     elif isinstance(doc, list):
         for item in doc:
-            found |= _references(item)
+            found |= references(item, key)
     return found
 
 
@@ -177,10 +174,3 @@ def dependents_closure(catalog: Catalog, changed: set[str]) -> set[str]:
                 result.add(dependent)
                 frontier.append(dependent)
     return result
-
-
-def group_by(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
-    grouped: dict[str, set[str]] = defaultdict(set)
-    for key, value in pairs:
-        grouped[key].add(value)
-    return grouped

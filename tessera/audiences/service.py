@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tessera.audiences.catalog import BACKFILLING, BUILDING, READY, _references
+from tessera.audiences.catalog import BACKFILLING, BUILDING, READY, references
 from tessera.audiences.language import AudienceDefinition, parse_audience
 from tessera.audiences.models import (
     audience_changes,
@@ -27,7 +27,6 @@ from tessera.audiences.models import (
 )
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.eventlog.models import events
-from tessera.processor_models import processor_state
 from tessera.profiles.computed import parse_computed_trait
 from tessera.profiles.models import computed_trait_values, computed_traits, profiles
 
@@ -130,7 +129,7 @@ def _check_users_still_parse(conn: Connection, name: str) -> None:
     broken = []
     for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
         document = orjson.loads(definition)
-        if name in _computed_references(document):
+        if name in references(document, "computed"):
             try:
                 parse_definition(conn, document, aid)
             except InvalidDefinition as exc:
@@ -192,7 +191,7 @@ def parse_definition(
         )
     }
     stored = {
-        aid: frozenset(_references(orjson.loads(definition)))
+        aid: frozenset(references(orjson.loads(definition)))
         for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition))
     }
     return parse_audience(
@@ -388,24 +387,11 @@ def _audiences_using(
     users: set[str] = set()
     for aid, definition in conn.execute(sa.select(audiences.c.id, audiences.c.definition)):
         document = orjson.loads(definition)
-        if computed and computed & _computed_references(document):
+        if computed and computed & references(document, "computed"):
             users.add(aid)
-        if audiences_ and audiences_ & _references(document):
+        if audiences_ and audiences_ & references(document):
             users.add(aid)
     return users
-
-
-def _computed_references(doc: Any) -> set[str]:
-    found: set[str] = set()
-    if isinstance(doc, dict):
-        if isinstance(doc.get("computed"), str):
-            found.add(doc["computed"])
-        for value in doc.values():
-            found |= _computed_references(value)
-    elif isinstance(doc, list):
-        for item in doc:
-            found |= _computed_references(item)
-    return found
 
 
 def _rebuild_dependents(
@@ -480,11 +466,3 @@ def profile_audiences(conn: Connection, *, profile_id: str) -> list[dict[str, An
         {"id": row.id, "name": row.name, "entered_at": row.entered_at}
         for row in conn.execute(query)
     ]
-
-
-def position(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(processor_state.c.position), 0))
-        ).scalar_one()
-    )

@@ -217,17 +217,10 @@ class DerivedState:
         return (profile_id, name) in self.states or (profile_id, name) in self._stored
 
     def observe(self, profile_id: str, payload: dict[str, Any], *, at: datetime, seq: int) -> None:
+        """Feed one event to every ready trait its name may match."""
         name = payload.get("event") if payload.get("type") == "track" else payload.get("name")
         for spec in self.catalog.specs_for(name if isinstance(name, str) else None):
-            if spec.matches(payload):
-                computed.observe(
-                    spec,
-                    self.state(profile_id, spec.name),
-                    at=at,
-                    seq=seq,
-                    value=spec.value_of(payload),
-                )
-                self._dirty_states.add((profile_id, spec.name))
+            self.observe_one(profile_id, spec.name, payload, at=at, seq=seq)
 
     def observe_one(
         self, profile_id: str, name: str, payload: dict[str, Any], *, at: datetime, seq: int

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tessera.eventlog.models import events
+from tessera.store.types import sqlite_time
 
 
 class NewEvent(TypedDict):
@@ -60,11 +61,6 @@ def insert_sql(dialect_name: str) -> str:
     )
 
 
-def _sqlite_time(moment: datetime | None) -> str | None:
-    """UTC wall time in the text form SQLAlchemy's SQLite DateTime reads back."""
-    return None if moment is None else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
 def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
     """Insert `rows` in one executemany, skipping duplicates; return how many were new, or
     -1 when the driver cannot tell.
@@ -89,10 +85,10 @@ def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
                 row["name"],
                 row["user_id"],
                 row["anonymous_id"],
-                _sqlite_time(row["timestamp"]),
-                _sqlite_time(row["original_timestamp"]),
-                _sqlite_time(row["sent_at"]),
-                _sqlite_time(row["received_at"]),
+                sqlite_time(row["timestamp"]),
+                sqlite_time(row["original_timestamp"]),
+                sqlite_time(row["sent_at"]),
+                sqlite_time(row["received_at"]),
                 row["payload"],
             )
             for row in rows

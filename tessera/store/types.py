@@ -40,3 +40,13 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 # The log position: BIGINT on PostgreSQL, the rowid alias (INTEGER PRIMARY KEY) on SQLite.
 BigIntegerPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def sqlite_time(moment: datetime | None) -> str | None:
+    """A moment in the text form `UtcDateTime` stores on SQLite (UTC wall time), for
+    statements that hand the driver plain tuples."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tessera.store.types import UtcDateTime
+from tessera.store.types import UtcDateTime, sqlite_time
 
 
 def upsert(
@@ -51,7 +51,7 @@ def upsert(
     if times:
         params = [
             tuple(
-                _sqlite_time(row[column]) if index in times else row[column]
+                sqlite_time(row[column]) if index in times else row[column]
                 for index, column in enumerate(columns)
             )
             for row in rows
@@ -64,14 +64,5 @@ def upsert(
 def bind_time(conn: Connection, moment: datetime) -> datetime | str:
     """`moment` as a driver parameter for a `UtcDateTime` column."""
     if conn.dialect.name == "sqlite":
-        return _sqlite_time(moment) or ""
+        return sqlite_time(moment) or ""
     return moment
-
-
-def _sqlite_time(moment: datetime | None) -> str | None:
-    """UTC wall time in the text form `UtcDateTime` stores on SQLite."""
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(" ", "microseconds")
