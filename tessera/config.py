@@ -6,6 +6,7 @@ nothing here runs at import time.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -193,6 +194,63 @@ class Settings(BaseSettings):
             "How often an idle processor looks for new events written by other processes "
             "(events written by this process wake it at once)."
         ),
+    )
+
+    delivery_max_age_seconds: float = Field(
+        default=4 * 3600,
+        gt=0,
+        description=(
+            "How long a message is retried before it becomes a dead letter (with its last "
+            "error; dead letters can be replayed)."
+        ),
+    )
+    delivery_retry_base_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "The first retry's delay; each further retry doubles it (up to "
+            "`delivery_retry_max_seconds`), with random jitter."
+        ),
+    )
+    delivery_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="The longest delay between two retries of a message."
+    )
+    delivery_pause_after_failures: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Failed calls in a row after which a destination is paused: it is then only "
+            "probed every `delivery_probe_seconds` (not retried hot) until a call works or "
+            "someone resumes it."
+        ),
+    )
+    delivery_probe_seconds: float = Field(
+        default=30.0, gt=0, description="How often a paused destination is probed."
+    )
+    delivery_poll_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description=(
+            "How often an idle delivery worker looks for new messages (the processor in the "
+            "same process wakes it at once)."
+        ),
+    )
+    delivery_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a delivery worker holds a destination without renewing; a worker that "
+            "dies is replaced after this long, and the messages it had in flight are sent again."
+        ),
+    )
+    delivery_log_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="How long delivered and consent-blocked messages stay in the delivery log.",
+    )
+    export_dir: Path = Field(
+        default=Path("exports"),
+        description="Directory where audience export jobs write their files.",
     )
 
     admin_email: str = Field(

@@ -29,6 +29,7 @@ MODEL_MODULES = (
     "tessera.auth.models",
     "tessera.audit.models",
     "tessera.audiences.models",
+    "tessera.activation.models",
 )
 
 

@@ -1,0 +1,111 @@
+"""Tables of activation: destinations (people's decisions), their runtime state, the
+outbox (every message, from enqueued to delivered or dead), counters, the cursor over the
+audience change stream, and audience export jobs."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from tessera.identity.models import PROFILE_ID
+from tessera.store.schema import metadata
+from tessera.store.types import BigIntegerPK, UtcDateTime
+
+DESTINATION_ID = sa.String(32)
+
+destinations = sa.Table(
+    "destinations",
+    metadata,
+    sa.Column("id", DESTINATION_ID, primary_key=True),  # "dst_<random>"
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("type", sa.String(64), nullable=False),  # the plugin's entry-point name
+    sa.Column("config", sa.Text, nullable=False),  # JSON, validated by the plugin's model
+    sa.Column("subscriptions", sa.Text, nullable=False),  # JSON list
+    sa.Column("mapping", sa.Text, nullable=False),  # JSON
+    sa.Column("consent_categories", sa.Text, nullable=False),  # JSON list
+    # Off: nothing is queued for it and nothing delivered.
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+destination_state = sa.Table(
+    "destination_state",
+    metadata,
+    # Written by the delivery workers: who delivers it now, and how it is doing.
+    sa.Column("destination_id", DESTINATION_ID, primary_key=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", UtcDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
+    # Paused after too many failures in a row: only a probe now and then until one works.
+    sa.Column("paused_at", UtcDateTime, nullable=True),
+    sa.Column("paused_reason", sa.Text, nullable=True),
+    sa.Column("next_probe_at", UtcDateTime, nullable=True),
+    sa.Column("last_success_at", UtcDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", UtcDateTime, nullable=True),
+    # For destinations that deliver on a schedule (file exports).
+    sa.Column("last_delivery_at", UtcDateTime, nullable=True),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    # One row per message and destination, written by the processor in the transaction
+    # that produced it; delivered in `id` order per person.
+    sa.Column("id", BigIntegerPK, primary_key=True),
+    sa.Column("destination_id", DESTINATION_ID, nullable=False),
+    sa.Column("person", PROFILE_ID, nullable=False),  # the profile when it was queued
+    # "event" | "audience.entered" | "audience.exited" | "traits.changed"
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),  # the idempotency key
+    sa.Column("payload", sa.Text, nullable=False),  # JSON: the event, audience or traits
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    # Retries stop here and the message becomes a dead letter (reset by a replay).
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    # "pending" | "delivered" | "dead" | "blocked" (consent)
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("finished_at", UtcDateTime, nullable=True),  # delivered, dead or blocked
+    sa.Column("replays", sa.Integer, nullable=False, default=0),
+    sa.Index("ix_outbox_destination_state_id", "destination_id", "state", "id"),
+)
+
+destination_counters = sa.Table(
+    "destination_counters",
+    metadata,
+    # Totals since the destination was created: sent, failed (attempts), dead, blocked,
+    # replayed, and the summed latency of sent messages (for the mean).
+    sa.Column("destination_id", DESTINATION_ID, primary_key=True),
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+activation_cursor = sa.Table(
+    "activation_cursor",
+    metadata,
+    # How far the processor has fanned out the audience change stream (`audience_changes`
+    # seq); moved in the same transactions that write changes, so none is skipped.
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+export_jobs = sa.Table(
+    "export_jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # "exp_<random>"
+    sa.Column("audience_id", sa.String(32), nullable=False),
+    sa.Column("format", sa.String(8), nullable=False),  # csv | jsonl | parquet
+    # "queued" | "running" | "done" | "failed"
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("total", sa.BigInteger, nullable=True),
+    sa.Column("done", sa.BigInteger, nullable=False, default=0),
+    sa.Column("path", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(200), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+)
