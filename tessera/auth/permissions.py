@@ -18,6 +18,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Audiences and the computed traits they are built on.
     "audiences:read": EVERYONE,
     "audiences:write": frozenset({"admin", "marketer"}),
+    # Destinations, their delivery log and dead letters, and audience exports.
+    "destinations:read": frozenset({"admin", "marketer", "analyst"}),
+    "destinations:write": frozenset({"admin", "marketer"}),
+    "exports:create": frozenset({"admin", "marketer"}),
     # Raw personal data (emails, phones, names, IPs); analysts see it masked.
     "pii:read": frozenset({"admin", "marketer", "sales", "support"}),
     "sources:manage": frozenset({"admin", "marketer"}),
