@@ -348,7 +348,8 @@ def rebuild() -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
         engine = _migrated_engine(settings)
-        pipeline = Pipeline.from_settings(settings)
+        # Destinations have had these messages: the replay queues none of them again.
+        pipeline = Pipeline.from_settings(settings, activate=False)
         with engine.begin() as conn:
             reset_derived_state(conn)
         with engine.connect() as conn:

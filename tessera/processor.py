@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from tessera.activation import fanout as fanout_stage
 from tessera.audiences.catalog import BUILDING, READY, Catalog, catalog_version, load_catalog
 from tessera.audiences.models import audiences, evaluation_schedule
 from tessera.audiences.stage import (
@@ -66,6 +67,8 @@ class ProcessorConfig:
     rules: IdentityRules
     trait_policies: dict[str, str]
     batch_events: int = 2000
+    # Messages queued for destinations are retried this long before they turn dead letters.
+    delivery_max_age_seconds: float = 4 * 3600
 
 
 @dataclass
@@ -91,7 +94,7 @@ class Pipeline:
     """
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(cls, settings: Settings, *, activate: bool = True) -> Pipeline:
         """The pipeline `tessera serve`, `worker`, `rebuild` and the benchmarks all run;
         raises ConfigurationError for bad identity rules or trait policies."""
         TraitPolicies.parse(settings.trait_policies, {})  # refuse bad policies up front
@@ -100,13 +103,22 @@ class Pipeline:
                 rules=IdentityRules.from_settings(settings),
                 trait_policies=settings.trait_policies,
                 batch_events=settings.processor_batch_events,
-            )
+                delivery_max_age_seconds=settings.delivery_max_age_seconds,
+            ),
+            activate=activate,
         )
 
     def __init__(
-        self, config: ProcessorConfig, *, clock: Callable[[], datetime] | None = None
+        self,
+        config: ProcessorConfig,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        activate: bool = True,
     ) -> None:
         self.config = config
+        # Off for `tessera rebuild`: re-deriving state must not send anything again.
+        self.activate = activate
+        self._activation: fanout_stage.ActivationCatalog | None = None
         self.rules = config.rules
         # The time windows and date conditions are judged by; tests fix it.
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -132,6 +144,31 @@ class Pipeline:
             self._catalog = load_catalog(conn)
         return self._catalog
 
+    def activation(self, conn: Connection) -> fanout_stage.ActivationCatalog:
+        """Enabled destinations' subscriptions, reparsed only when a destination changed."""
+        version = fanout_stage.catalog_version(conn)
+        if self._activation is None or self._activation.version != version:
+            self._activation = fanout_stage.load_catalog(conn)
+        return self._activation
+
+    def fanout(self, conn: Connection) -> fanout_stage.Fanout | None:
+        """Where this transaction's messages for destinations go (None: nowhere)."""
+        if not self.activate:
+            return None
+        catalog = self.activation(conn)
+        if not catalog.subscriptions:
+            return None
+        max_age = timedelta(seconds=self.config.delivery_max_age_seconds)
+        return fanout_stage.Fanout(catalog, now=self.clock(), max_age=max_age)
+
+    def fan_out_changes(self, conn: Connection) -> int:
+        """Queue the audience changes committed since the last call (or skip them)."""
+        fanout = self.fanout(conn)
+        found = fanout_stage.fan_out_changes(conn, fanout)
+        if fanout is not None:
+            fanout.flush(conn)
+        return found
+
     def apply_batch(
         self,
         conn: Connection,
@@ -139,11 +176,14 @@ class Pipeline:
         *,
         before_write: Callable[[], None] | None = None,
         evaluate_all: bool = False,
+        fan_out: bool = False,
     ) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile.
 
         Everything is read and decided before the first write; `before_write` runs then
-        (on SQLite it takes the write lock, so ingest waits only for the flush)."""
+        (on SQLite it takes the write lock, so ingest waits only for the flush). With
+        `fan_out`, the events, trait changes and audience changes go to the outbox too
+        (not when an unmerge replays events that were sent already)."""
         self.batch_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
@@ -167,10 +207,47 @@ class Pipeline:
         profile_state.flush(conn, graph_state.resolve_id)
         if derived is not None:
             derived.flush(conn)
-        return [
+        attributed = [
             (seq, graph_state.resolve_id(pid) if pid else None)
             for seq, pid in profile_state.attribution
         ]
+        if fan_out:
+            self._fan_out(conn, batch, attributed, graph_state, profile_state)
+        return attributed
+
+    def _fan_out(
+        self,
+        conn: Connection,
+        batch: list[_Event],
+        attributed: list[tuple[int, str | None]],
+        graph_state: IdentityBatch,
+        profile_state: ProfileBatch,
+    ) -> None:
+        fanout = self.fanout(conn)
+        if fanout is not None:
+            if fanout.catalog.wants_events:
+                owners = dict(attributed)
+                for item in batch:
+                    raw = item.row.payload
+                    fanout.event(
+                        person=owners.get(item.row.seq),
+                        message_id=item.row.message_id,
+                        payload=item.payload,
+                        raw=raw if isinstance(raw, str) else bytes(raw).decode(),
+                    )
+            if fanout.catalog.wants_traits and profile_state.changed_traits:
+                changed: dict[str, dict[str, Any]] = {}
+                for pid, name in sorted(profile_state.changed_traits):
+                    final = graph_state.resolve_id(pid)
+                    value = profile_state.traits.get(final, {}).get(name)
+                    if value is not None:
+                        changed.setdefault(final, {})[name] = value.value
+                last = batch[-1].row.seq
+                for pid, traits in changed.items():
+                    fanout.traits(person=pid, message_id=f"traits-{last}-{pid}", changed=traits)
+        fanout_stage.fan_out_changes(conn, fanout)
+        if fanout is not None:
+            fanout.flush(conn)
 
     def _derive(
         self,
@@ -387,7 +464,9 @@ def run_once(
         )
         if not rows:
             return 0
-        attributed = pipeline.apply_batch(conn, rows, before_write=lambda: _confirm(conn, claim))
+        attributed = pipeline.apply_batch(
+            conn, rows, before_write=lambda: _confirm(conn, claim), fan_out=True
+        )
         missing = sum(1 for _, pid in attributed if pid is None)
         _count_drops(conn, pipeline.batch_drops)
         conn.execute(
@@ -408,7 +487,8 @@ def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> 
         now = pipeline.clock()
         backfilling, building = pending_work(catalog)
         due = next_due(conn)
-        if not backfilling and not building and (due is None or due > now):
+        changes = fanout_stage.changes_waiting(conn)
+        if not backfilling and not building and (due is None or due > now) and not changes:
             return 0
         _confirm(conn, claim)
         done = 0
@@ -418,7 +498,9 @@ def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> 
         elif building:  # in dependency order; its computed traits are ready by now
             build_step(conn, catalog, building[0], now=now)
             done += 1
-        return done + run_due(conn, catalog, now)
+        done += run_due(conn, catalog, now)
+        pipeline.fan_out_changes(conn)
+        return done + (1 if changes else 0)
 
 
 def _count_drops(conn: Connection, drops: Counter[str]) -> None:
@@ -523,6 +605,7 @@ def reset_derived_state(conn: Connection, *, name: str = MAIN) -> None:
         .where(processor_state.c.name == name)
         .values(position=0, unattributed_events=0)
     )
+    fanout_stage.set_changes_position(conn, 0)  # the change stream starts again from 1
     # Computed traits follow the replay from the first event; audiences are evaluated over
     # every profile once it is done, as when they were created.
     conn.execute(computed_traits.update().values(status=READY, backfilled_through=0))
@@ -688,6 +771,7 @@ def unmerge(
         )
         pipeline.apply_batch(conn, rows, evaluate_all=True)
         replayed += len(rows)
+    pipeline.fan_out_changes(conn)  # entries and exits the split caused
     return Unmerged(
         survivor_id=merge.survivor_id,
         restored_id=merge.absorbed_id,

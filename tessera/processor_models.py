@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from tessera.store.schema import metadata
 from tessera.store.types import UtcDateTime
@@ -22,3 +23,19 @@ processor_state = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("last_error_at", UtcDateTime, nullable=True),
 )
+
+
+def hold_processor(conn: Connection, name: str = "main") -> None:
+    """Wait for and hold the processor's position row for the caller's transaction.
+
+    For writers outside the processor that append to a stream the processor consumes
+    in order (an audience deleted writes its members' exits): holding the row serialises
+    them with the processor, so no change can commit behind the activation cursor. On
+    SQLite the update takes the write lock, and bumps `version` so a processor's
+    optimistic claim is retried.
+    """
+    conn.execute(
+        sa.update(processor_state)
+        .where(processor_state.c.name == name)
+        .values(version=processor_state.c.version + 1)
+    )

@@ -52,7 +52,7 @@ class Message:
     payload: Any = None
 
 
-class DeliveryFailed(Exception):  # noqa: N818 - it is an outcome, named as one
+class DeliveryFailed(Exception):
     """A send did not work. `permanent`: retrying cannot help (a 400, a 404): the messages
     become dead letters at once, with this reason. Otherwise they are retried with backoff,
     no sooner than `retry_after` seconds when the destination said so (a 429)."""
@@ -142,7 +142,7 @@ class Destination(abc.ABC):
         """Write an audience's member list; only called when `snapshot_audience` is set."""
         raise NotImplementedError
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - most destinations hold nothing
         """Release connections; the worker calls it when it lets the destination go."""
 
 

@@ -27,6 +27,7 @@ from tessera.audiences.models import (
 )
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.eventlog.models import events
+from tessera.processor_models import hold_processor
 from tessera.profiles.computed import parse_computed_trait
 from tessera.profiles.models import computed_trait_values, computed_traits, profiles
 
@@ -342,6 +343,7 @@ def delete_audience(conn: Connection, *, audience_id: str) -> None:
         raise Conflict(
             f"audiences {', '.join(sorted(users))} refer to {audience_id}; change them first"
         )
+    hold_processor(conn)  # the exits below join the change stream in order
     now = datetime.now(UTC)
     members = [
         pid
