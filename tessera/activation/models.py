@@ -72,6 +72,15 @@ outbox = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),  # delivered, dead or blocked
     sa.Column("replays", sa.Integer, nullable=False, default=0),
     sa.Index("ix_outbox_destination_state_id", "destination_id", "state", "id"),
+    # Only messages that failed at least once: who is waiting out a retry (order per person).
+    sa.Index(
+        "ix_outbox_retrying",
+        "destination_id",
+        "person",
+        "id",
+        sqlite_where=sa.text("attempts > 0 AND state = 'pending'"),
+        postgresql_where=sa.text("attempts > 0 AND state = 'pending'"),
+    ),
 )
 
 destination_counters = sa.Table(
