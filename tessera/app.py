@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera import __version__
+from tessera.activation import pull as activation_pull
 from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.api.security import SecurityMiddleware
@@ -97,6 +98,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     api_errors.install_error_handlers(app)
     app.include_router(health.create_router(engine, writer, processor))
     app.include_router(profiles_api.router)
+    app.include_router(activation_pull.router)
     app.include_router(auth_api.router)
     app.include_router(audit_api.router)
     app.include_router(audiences_api.traits_router)
