@@ -11,7 +11,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera import __version__
+from tessera.activation import api as destinations_api
+from tessera.activation import exports_api
 from tessera.activation import pull as activation_pull
+from tessera.activation.delivery import Deliverer
 from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.api.security import SecurityMiddleware
@@ -50,6 +53,24 @@ class TrackingDispatch:
             await self.app(scope, receive, send)
 
 
+def _background_work(
+    settings: Settings, engine: Engine, pipeline: Pipeline
+) -> tuple[ProcessorHandle | None, Deliverer | None]:
+    """The processor and the delivery worker, where `processor_mode` puts them."""
+    if settings.processor_mode == "thread":
+        deliverer = Deliverer(engine, settings)
+        processor = Processor(
+            engine,
+            pipeline,
+            poll_seconds=settings.processor_poll_seconds,
+            on_applied=deliverer.wake,
+        )
+        return processor, deliverer
+    if settings.processor_mode == "process":
+        return WorkerProcess(settings), None  # the child delivers too
+    return None, None
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """Build the app. The caller migrates the store first (`tessera serve` does)."""
     engine = engine or create_store_engine(
@@ -63,11 +84,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
     pipeline = Pipeline.from_settings(settings)
-    processor: ProcessorHandle | None = None
-    if settings.processor_mode == "thread":
-        processor = Processor(engine, pipeline, poll_seconds=settings.processor_poll_seconds)
-    elif settings.processor_mode == "process":
-        processor = WorkerProcess(settings)
+    processor, deliverer = _background_work(settings, engine, pipeline)
     if processor is not None:
         writer.on_commit = processor.wake
 
@@ -76,12 +93,16 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         writer.start()
         if processor is not None:
             processor.start()
+        if deliverer is not None:
+            deliverer.start()
         try:
             yield
         finally:
             writer.stop()
             if processor is not None:
                 processor.stop()
+            if deliverer is not None:
+                deliverer.stop()
 
     app = FastAPI(
         title="Tessera",
@@ -93,6 +114,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.writer = writer
     app.state.processor = processor
+    app.state.deliverer = deliverer
+    # A replay wakes whoever delivers: the thread here, or the child worker (its wake
+    # pipe wakes its processor and its delivery worker alike).
+    app.state.wake_delivery = (
+        deliverer.wake
+        if deliverer is not None
+        else (processor.wake if processor is not None else None)
+    )
     app.state.pipeline = pipeline
     app.state.identity_rules = pipeline.rules
     api_errors.install_error_handlers(app)
@@ -103,6 +132,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(audit_api.router)
     app.include_router(audiences_api.traits_router)
     app.include_router(audiences_api.audiences_router)
+    app.include_router(exports_api.router)
+    app.include_router(destinations_api.router)
     # The profile API lists memberships without importing a later stage.
     app.state.profile_audiences = audience_service.profile_audiences
     tracking = ingest_api.TrackingAPI(

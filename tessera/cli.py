@@ -377,9 +377,12 @@ def worker(
             hidden=True,
         ),
     ] = False,
+    delivery: Annotated[
+        bool, typer.Option(help="Also deliver the outbox to destinations (and run exports).")
+    ] = True,
 ) -> None:
-    """Run a processor without the HTTP server (with TESSERA_PROCESSOR_MODE=off, or as
-    fail-over on PostgreSQL).
+    """Run a processor and a delivery worker without the HTTP server (with
+    TESSERA_PROCESSOR_MODE=off, or as fail-over on PostgreSQL).
 
     Processors take turns on the log: one applies a batch while the others wait, so a
     worker killed mid-batch loses nothing and another carries on from its position.
@@ -387,6 +390,7 @@ def worker(
     import signal
     import threading
 
+    from tessera.activation.delivery import Deliverer
     from tessera.processor import Pipeline, Processor
     from tessera.worker_process import follow_wake_pipe
 
@@ -394,18 +398,32 @@ def worker(
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
         engine = _migrated_engine(settings)
+        deliverer = Deliverer(engine, settings) if delivery else None
         processor = Processor(
-            engine, Pipeline.from_settings(settings), poll_seconds=settings.processor_poll_seconds
+            engine,
+            Pipeline.from_settings(settings),
+            poll_seconds=settings.processor_poll_seconds,
+            on_applied=deliverer.wake if deliverer is not None else None,
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def wake() -> None:
+        processor.wake()
+        if deliverer is not None:
+            deliverer.wake()
+
     if wake_stdin:
-        follow_wake_pipe(processor.wake, stop)
+        follow_wake_pipe(wake, stop)
     processor.start()
+    if deliverer is not None:
+        deliverer.start()
     out.print(f"worker processing {settings.database_url}")
     stop.wait()
     processor.stop()
+    if deliverer is not None:
+        deliverer.stop()
     engine.dispose()
 
 

@@ -241,7 +241,7 @@ class Pipeline:
                     final = graph_state.resolve_id(pid)
                     value = profile_state.traits.get(final, {}).get(name)
                     if value is not None:
-                        changed.setdefault(final, {})[name] = value.value
+                        changed.setdefault(final, {})[name] = orjson.loads(value.value)
                 last = batch[-1].row.seq
                 for pid, traits in changed.items():
                     fanout.traits(person=pid, message_id=f"traits-{last}-{pid}", changed=traits)
@@ -621,8 +621,12 @@ class Processor:
         pipeline: Pipeline,
         *,
         poll_seconds: float = 0.2,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        # Called after every transaction that did something (the delivery worker in the
+        # same process then looks at the outbox at once).
+        self._on_applied = on_applied
         self._pipeline = pipeline
         self._poll = poll_seconds
         self._wake = threading.Event()
@@ -676,6 +680,8 @@ class Processor:
                 record_failure(self._engine, exc)
                 self._stop.wait(backoff)
                 continue
+            if (applied or maintained) and self._on_applied is not None:
+                self._on_applied()
             if applied == 0 and maintained == 0:
                 self._wake.wait(self._poll)
                 self._wake.clear()

@@ -154,6 +154,7 @@ class Deliverer:
     async def _main(self) -> None:
         assert self._wake is not None
         tasks: dict[str, asyncio.Task[None]] = {}
+        exports = asyncio.create_task(self._exports())
         housekept = 0.0
         while not self._stopping.is_set():
             try:
@@ -172,13 +173,28 @@ class Deliverer:
                 await asyncio.to_thread(self._housekeep)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait(), self._settings.delivery_poll_seconds * 5)
-        for task in tasks.values():
+        for task in [*tasks.values(), exports]:
             task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks.values(), exports, return_exceptions=True)
         for active in self._active.values():
             await active.plugin.aclose()
         self._active.clear()
         await asyncio.to_thread(self._release_all, list(tasks))
+
+    async def _exports(self) -> None:
+        """Audience export jobs, one at a time, as they are asked for."""
+        from tessera.activation.exports import run_next_export
+
+        while not self._stopping.is_set():
+            try:
+                ran = await asyncio.to_thread(
+                    run_next_export, self._engine, export_dir=self._settings.export_dir
+                )
+            except Exception as exc:
+                event(log, logging.ERROR, "delivery.export_failed", error=repr(exc)[:500])
+                ran = False
+            if not ran:
+                await asyncio.sleep(self._settings.delivery_poll_seconds * 5)
 
     async def _wait(self) -> None:
         assert self._wake is not None

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy.engine import Engine
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from tessera.activation import service as activation_service
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
 from tessera.processor import dropped_counts, health, lag
@@ -80,6 +81,7 @@ def create_router(
             behind = lag(conn)
             state = health(conn)
             dropped = dropped_counts(conn)
+            destinations = activation_service.metrics(conn)
             unattributed = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(processor_state.c.unattributed_events), 0))
             ).scalar_one()
@@ -143,6 +145,7 @@ def create_router(
         lines = []
         for name, kind, help_text, value in gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        lines += _delivery_metrics(destinations)
         metric = "tessera_identity_dropped_identifiers_total"
         lines += [
             f"# HELP {metric} Identifiers the identity rules left unlinked, by reason.",
@@ -154,7 +157,7 @@ def create_router(
 
     @router.get(
         "/metrics",
-        summary="Prometheus metrics: ingest and processor lag",
+        summary="Prometheus metrics: ingest, processor lag, delivery per destination",
         response_class=PlainTextResponse,
     )
     async def metrics() -> PlainTextResponse:
@@ -162,3 +165,39 @@ def create_router(
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return router
+
+
+DELIVERY_COUNTERS = (
+    ("sent", "Messages delivered."),
+    ("failed", "Delivery attempts that failed (each is retried or becomes a dead letter)."),
+    ("dead", "Messages that became dead letters."),
+    ("blocked", "Messages not sent because the person lacks the destination's consent."),
+    ("replayed", "Dead letters queued again."),
+)
+DELIVERY_GAUGES = (
+    ("pending", "Messages waiting to be delivered."),
+    ("retrying", "Waiting messages that failed at least once."),
+    ("dead_letters", "Dead letters now (replayable)."),
+    ("latency_ms_p95", "Queued to delivered, 95th percentile of the last 1,000, in ms."),
+)
+
+
+def _delivery_metrics(destinations: list[dict[str, Any]]) -> list[str]:
+    """Per destination: counters since it was created, and what waits now."""
+    lines: list[str] = []
+    families = [
+        (f"tessera_delivery_{name}_total", "counter", text, name)
+        for name, text in DELIVERY_COUNTERS
+    ] + [(f"tessera_delivery_{name}", "gauge", text, name) for name, text in DELIVERY_GAUGES]
+    families.append(
+        ("tessera_destination_paused", "gauge", "1 while a destination is paused.", "paused")
+    )
+    for metric, kind, text, key in families:
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        for item in destinations:
+            value = item.get(key)
+            if value is None:
+                continue
+            label = str(item["name"]).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{metric}{{destination="{item["id"]}",name="{label}"}} {float(value):g}')
+    return lines

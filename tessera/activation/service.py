@@ -1,0 +1,428 @@
+"""Destinations as people manage them: create, change, pause and resume, the delivery log,
+dead letters and their replay, and the figures per destination.
+
+Secrets in a destination's config (the plugin's `SecretStr` fields) are stored as given and
+never shown back: reads show `********`, and an update that sends `********` keeps the
+stored value.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, SecretStr
+from sqlalchemy.engine import Connection
+
+from tessera.activation import delivery_store as store
+from tessera.activation.mapping import parse_mapping
+from tessera.activation.models import (
+    destination_counters,
+    destination_state,
+    destinations,
+    outbox,
+)
+from tessera.activation.plugins import (
+    ConnectionCheck,
+    DestinationType,
+    destination_type,
+    destination_types,
+    instantiate,
+    parse_config,
+)
+from tessera.activation.subscriptions import parse_subscriptions
+from tessera.audiences.models import audiences
+from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
+
+MASK = "********"
+STATES = (store.PENDING, store.DELIVERED, store.DEAD, store.BLOCKED)
+COUNTERS = ("sent", "failed", "dead", "blocked", "replayed")
+LATENCY_SAMPLE = 1000
+
+
+def list_types() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": kind.name,
+            "title": kind.plugin.title,
+            "description": kind.plugin.description,
+            "config_schema": kind.schema,
+        }
+        for kind in destination_types().values()
+    ]
+
+
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    return {
+        name
+        for name, info in model.model_fields.items()
+        if "SecretStr" in str(info.annotation) or info.annotation is SecretStr
+    }
+
+
+def _stored_config(config: BaseModel) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for name, value in config.model_dump(mode="python").items():
+        plain[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return orjson.loads(orjson.dumps(plain, default=str))  # type: ignore[no-any-return]
+
+
+def _shown_config(kind: DestinationType | None, stored: dict[str, Any]) -> dict[str, Any]:
+    hidden = _secret_fields(kind.plugin.config_model) if kind else set()
+    return {
+        name: (MASK if name in hidden and value is not None else value)
+        for name, value in stored.items()
+    }
+
+
+def _validate(
+    conn: Connection,
+    kind: DestinationType,
+    *,
+    config: Any,
+    subscriptions: Any,
+    mapping: Any,
+    consent: Any,
+) -> dict[str, Any]:
+    parsed = parse_config(kind, config)
+    known = {audience_id for (audience_id,) in conn.execute(sa.select(audiences.c.id))}
+    try:
+        parse_subscriptions(subscriptions, known_audiences=known)
+    except InvalidDefinition as exc:
+        raise InvalidDefinition(
+            str(exc).split(": ", 1)[1], path=exc.path.replace("$", "$.subscriptions", 1)
+        ) from None
+    try:
+        parse_mapping(mapping)
+    except InvalidDefinition as exc:
+        raise InvalidDefinition(
+            str(exc).split(": ", 1)[1], path=exc.path.replace("$", "$.mapping", 1)
+        ) from None
+    if not isinstance(consent, list) or not all(
+        isinstance(item, str) and 0 < len(item) <= 64 for item in consent
+    ):
+        raise InvalidDefinition(
+            "consent_categories is a list of category names", path="$.consent_categories"
+        )
+    return _stored_config(parsed)
+
+
+def create_destination(
+    conn: Connection,
+    *,
+    name: str,
+    type: str,
+    config: dict[str, Any],
+    subscriptions: list[Any],
+    mapping: dict[str, Any],
+    consent_categories: list[str],
+    enabled: bool,
+    actor: str | None,
+) -> dict[str, Any]:
+    kind = destination_type(type)
+    stored = _validate(
+        conn,
+        kind,
+        config=config,
+        subscriptions=subscriptions,
+        mapping=mapping,
+        consent=consent_categories,
+    )
+    if conn.execute(sa.select(destinations.c.id).where(destinations.c.name == name)).first():
+        raise Conflict(f"a destination named {name!r} exists")
+    now = datetime.now(UTC)
+    destination_id = f"dst_{secrets.token_hex(8)}"
+    conn.execute(
+        destinations.insert().values(
+            id=destination_id,
+            name=name,
+            type=type,
+            config=orjson.dumps(stored).decode(),
+            subscriptions=orjson.dumps(subscriptions).decode(),
+            mapping=orjson.dumps(mapping).decode(),
+            consent_categories=orjson.dumps(sorted(set(consent_categories))).decode(),
+            enabled=enabled,
+            created_by=actor,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        destination_state.insert().values(destination_id=destination_id, consecutive_failures=0)
+    )
+    return get_destination(conn, destination_id=destination_id)
+
+
+def _row(conn: Connection, destination_id: str) -> Any:
+    row = conn.execute(sa.select(destinations).where(destinations.c.id == destination_id)).first()
+    if row is None:
+        raise NotFound(f"there is no destination {destination_id!r}; GET /api/v1/destinations")
+    return row
+
+
+def update_destination(
+    conn: Connection, *, destination_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Change some fields; a config is merged over the stored one (secrets sent as the
+    mask keep their stored value)."""
+    row = _row(conn, destination_id)
+    kind = destination_type(row.type)
+    config = orjson.loads(row.config)
+    if "config" in changes:
+        given = dict(changes["config"])
+        for name in _secret_fields(kind.plugin.config_model):
+            if given.get(name) == MASK:
+                given[name] = config.get(name)
+        config = {**config, **given}
+    subscriptions = changes.get("subscriptions", orjson.loads(row.subscriptions))
+    mapping = changes.get("mapping", orjson.loads(row.mapping))
+    consent = changes.get("consent_categories", orjson.loads(row.consent_categories))
+    stored = _validate(
+        conn, kind, config=config, subscriptions=subscriptions, mapping=mapping, consent=consent
+    )
+    values: dict[str, Any] = {
+        "config": orjson.dumps(stored).decode(),
+        "subscriptions": orjson.dumps(subscriptions).decode(),
+        "mapping": orjson.dumps(mapping).decode(),
+        "consent_categories": orjson.dumps(sorted(set(consent))).decode(),
+        "updated_at": max(datetime.now(UTC), row.updated_at + timedelta(microseconds=1)),
+    }
+    if "name" in changes and changes["name"] != row.name:
+        taken = conn.execute(
+            sa.select(destinations.c.id).where(destinations.c.name == changes["name"])
+        ).first()
+        if taken:
+            raise Conflict(f"a destination named {changes['name']!r} exists")
+        values["name"] = changes["name"]
+    if "enabled" in changes:
+        values["enabled"] = bool(changes["enabled"])
+    conn.execute(destinations.update().where(destinations.c.id == destination_id).values(**values))
+    return get_destination(conn, destination_id=destination_id)
+
+
+def delete_destination(conn: Connection, *, destination_id: str) -> None:
+    """Forget a destination, with its queue, dead letters and figures."""
+    _row(conn, destination_id)
+    for table, column in (
+        (outbox, outbox.c.destination_id),
+        (destination_counters, destination_counters.c.destination_id),
+        (destination_state, destination_state.c.destination_id),
+    ):
+        conn.execute(table.delete().where(column == destination_id))
+    conn.execute(destinations.delete().where(destinations.c.id == destination_id))
+
+
+def get_destination(conn: Connection, *, destination_id: str) -> dict[str, Any]:
+    row = _row(conn, destination_id)
+    return _describe(conn, row)
+
+
+def list_destinations(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(destinations).order_by(destinations.c.name))
+    return [_describe(conn, row) for row in rows]
+
+
+def _describe(conn: Connection, row: Any) -> dict[str, Any]:
+    kind = destination_types().get(row.type)
+    state = conn.execute(
+        sa.select(destination_state).where(destination_state.c.destination_id == row.id)
+    ).first()
+    paused = state is not None and state.paused_at is not None
+    return {
+        "id": row.id,
+        "name": row.name,
+        "type": row.type,
+        "config": _shown_config(kind, orjson.loads(row.config)),
+        "subscriptions": orjson.loads(row.subscriptions),
+        "mapping": orjson.loads(row.mapping),
+        "consent_categories": orjson.loads(row.consent_categories),
+        "enabled": bool(row.enabled),
+        "status": "disabled" if not row.enabled else ("paused" if paused else "active"),
+        "paused_at": state.paused_at if state else None,
+        "paused_reason": state.paused_reason if state else None,
+        "next_probe_at": state.next_probe_at if paused and state else None,
+        "last_success_at": state.last_success_at if state else None,
+        "last_error": state.last_error if state else None,
+        "last_error_at": state.last_error_at if state else None,
+        "stats": destination_stats(conn, destination_id=row.id),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def destination_stats(conn: Connection, *, destination_id: str) -> dict[str, Any]:
+    """Totals (sent, failed attempts, dead, blocked by consent, replayed), what waits now
+    (pending, of which retrying; dead letters), and latency from queued to delivered."""
+    counters = {name: 0 for name in (*COUNTERS, "latency_ms")}
+    for name, count in conn.execute(
+        sa.select(destination_counters.c.name, destination_counters.c["count"]).where(
+            destination_counters.c.destination_id == destination_id
+        )
+    ):
+        counters[name] = int(count)
+    waiting = {
+        state: int(count)
+        for state, count in conn.execute(
+            sa.select(outbox.c.state, sa.func.count())
+            .where(
+                outbox.c.destination_id == destination_id,
+                outbox.c.state.in_((store.PENDING, store.DEAD)),
+            )
+            .group_by(outbox.c.state)
+        )
+    }
+    retrying = conn.execute(
+        sa.select(sa.func.count()).where(
+            outbox.c.destination_id == destination_id,
+            outbox.c.state == store.PENDING,
+            outbox.c.attempts > 0,
+        )
+    ).scalar()
+    recent = [
+        (finished - created).total_seconds() * 1000
+        for created, finished in conn.execute(
+            sa.select(outbox.c.created_at, outbox.c.finished_at)
+            .where(outbox.c.destination_id == destination_id, outbox.c.state == store.DELIVERED)
+            .order_by(outbox.c.id.desc())
+            .limit(LATENCY_SAMPLE)
+        )
+        if finished is not None
+    ]
+    recent.sort()
+    latency_ms = counters.pop("latency_ms")
+    return {
+        **counters,
+        "pending": waiting.get(store.PENDING, 0),
+        "retrying": int(retrying or 0),
+        "dead_letters": waiting.get(store.DEAD, 0),
+        "latency_ms_mean": round(latency_ms / counters["sent"], 1) if counters["sent"] else None,
+        "latency_ms_p50": round(recent[len(recent) // 2], 1) if recent else None,
+        "latency_ms_p95": round(recent[int(len(recent) * 0.95)], 1) if recent else None,
+    }
+
+
+def resume_destination(conn: Connection, *, destination_id: str) -> dict[str, Any]:
+    """Un-pause now: the next cycle sends normally, and messages waiting out a backoff go."""
+    _row(conn, destination_id)
+    store.resume(conn, destination_id, now=datetime.now(UTC))
+    return get_destination(conn, destination_id=destination_id)
+
+
+async def check_connection(conn: Connection, *, destination_id: str) -> ConnectionCheck:
+    row = _row(conn, destination_id)
+    plugin = instantiate(destination_type(row.type), orjson.loads(row.config))
+    try:
+        return await plugin.test_connection()
+    finally:
+        await plugin.aclose()
+
+
+def _encode(message_id: int) -> str:
+    return base64.urlsafe_b64encode(str(message_id).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"malformed cursor {cursor!r}; pass next_cursor as given") from None
+
+
+def list_messages(
+    conn: Connection,
+    *,
+    destination_id: str,
+    state: str | None,
+    cursor: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """The delivery log, newest first; `state` narrows it (dead: the dead letters)."""
+    _row(conn, destination_id)
+    if state is not None and state not in STATES:
+        raise BadRequest(f"unknown state {state!r}; use one of {', '.join(STATES)}")
+    query = sa.select(outbox).where(outbox.c.destination_id == destination_id)
+    if state is not None:
+        query = query.where(outbox.c.state == state)
+    if cursor is not None:
+        query = query.where(outbox.c.id < _decode(cursor))
+    rows = list(conn.execute(query.order_by(outbox.c.id.desc()).limit(limit + 1)))
+    items = [_message(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return {"items": items, "next_cursor": _encode(rows[limit - 1].id) if more else None}
+
+
+def _message(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "message_id": row.message_id,
+        "kind": row.kind,
+        "profile_id": row.person,
+        "state": row.state,
+        "attempts": row.attempts,
+        "replays": row.replays,
+        "created_at": row.created_at,
+        "next_attempt_at": row.next_attempt_at if row.state == store.PENDING else None,
+        "expires_at": row.expires_at,
+        "finished_at": row.finished_at,
+        "last_error": row.last_error,
+        "last_status": row.last_status,
+        "payload": orjson.loads(row.payload),
+    }
+
+
+def replay_dead_letters(
+    conn: Connection,
+    *,
+    destination_id: str,
+    ids: list[int] | None,
+    max_age: timedelta,
+) -> dict[str, int]:
+    """Queue dead letters again (all of them, or `ids`), with a fresh maximum age and the
+    same idempotency key. Only dead messages move, so replaying twice is safe: the second
+    time finds them pending or delivered and skips them."""
+    _row(conn, destination_id)
+    now = datetime.now(UTC)
+    query = outbox.update().where(
+        outbox.c.destination_id == destination_id, outbox.c.state == store.DEAD
+    )
+    if ids is not None:
+        query = query.where(outbox.c.id.in_(ids))
+    moved = conn.execute(
+        query.values(
+            state=store.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            expires_at=now + max_age,
+            finished_at=None,
+            replays=outbox.c.replays + 1,
+        )
+    )
+    replayed = int(moved.rowcount or 0)
+    store.add_counts(conn, destination_id, {"replayed": replayed})
+    requested = len(set(ids)) if ids is not None else replayed
+    return {"replayed": replayed, "skipped": max(0, requested - replayed)}
+
+
+def metrics(conn: Connection) -> list[dict[str, Any]]:
+    """Every destination's figures, for /metrics."""
+    rows = conn.execute(sa.select(destinations.c.id, destinations.c.name, destinations.c.enabled))
+    found = []
+    for row in rows:
+        state = conn.execute(
+            sa.select(destination_state.c.paused_at).where(
+                destination_state.c.destination_id == row.id
+            )
+        ).first()
+        found.append(
+            {
+                "id": row.id,
+                "name": row.name,
+                "paused": bool(state and state.paused_at is not None),
+                **destination_stats(conn, destination_id=row.id),
+            }
+        )
+    return found
