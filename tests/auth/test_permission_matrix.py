@@ -55,6 +55,9 @@ PATH_VALUES: dict[str, str] = {
     "user_id": "999999",
     "name": "no_such_trait",
     "audience_id": "aud_nope",
+    "export_id": "exp_nope",
+    "destination_id": "dst_nope",
+    "message_id": "999999",
 }
 # A valid example body for each route that takes one, so that an allowed role's request is
 # not refused for its shape.
@@ -74,6 +77,14 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", f"{API}/audiences"): {"name": "matrix", "definition": {"consent": "email"}},
     ("POST", f"{API}/audiences/preview"): {"definition": {"consent": "email"}},
     ("PATCH", f"{API}/audiences/{{audience_id}}"): {"name": "matrix renamed"},
+    ("POST", f"{API}/audiences/{{audience_id}}/exports"): {"format": "csv"},
+    ("POST", f"{API}/destinations"): {
+        "name": "matrix",
+        "type": "webhook",
+        "config": {"url": "http://127.0.0.1:9/"},
+    },
+    ("PATCH", f"{API}/destinations/{{destination_id}}"): {"enabled": False},
+    ("POST", f"{API}/destinations/{{destination_id}}/dead-letters/replay"): {},
 }
 SEED = [
     {

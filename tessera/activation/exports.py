@@ -1,0 +1,307 @@
+"""Audience exports: an audience's whole member list with identities and traits, read a page
+at a time (`audience_snapshot`, shared with the file destination), and export jobs that write
+it to a file with visible progress (`create_export`, `run_next_export`)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tessera.activation.files import FORMATS, Format, write_table
+from tessera.activation.models import export_jobs
+from tessera.activation.plugins import AudienceSnapshot
+from tessera.audiences.models import audience_members, audiences
+from tessera.errors import BadRequest, NotFound, TesseraError
+from tessera.identity.models import identities
+from tessera.profiles.models import profile_traits
+from tessera.store.chunks import chunked
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_COLUMNS = ["profile_id", "entered_at", "identities", "traits"]
+PAGE_SIZE = 5_000
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+MAX_ERROR = 4_000
+
+
+# -- the member list --------------------------------------------------------------------
+
+
+def audience_snapshot(conn: Connection, *, audience_id: str, now: datetime) -> AudienceSnapshot:
+    """The audience's members (`profile_id, entered_at, identities, traits`), read lazily in
+    profile-id order while `rows` is iterated, so `conn` must stay open until then.
+
+    Each page is read on its own (keyset on the profile id): members who enter or leave
+    while a long list is read are in it or not, but no one is listed twice.
+    Raises NotFound for an unknown audience.
+    """
+    name = _audience_name(conn, audience_id)
+    return AudienceSnapshot(
+        audience_id=audience_id,
+        audience_name=name,
+        taken_at=now,
+        columns=list(SNAPSHOT_COLUMNS),
+        rows=_rows(member_pages(conn, audience_id=audience_id)),
+    )
+
+
+def member_pages(
+    conn: Connection, *, audience_id: str, page_size: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """The members a page at a time (`PAGE_SIZE`), each page with its profiles' identities
+    and traits loaded in bulk (a few queries a page, never one per member)."""
+    page_size = page_size or PAGE_SIZE
+    after = ""
+    while True:
+        members = conn.execute(
+            sa.select(audience_members.c.profile_id, audience_members.c.entered_at)
+            .where(
+                audience_members.c.audience_id == audience_id,
+                audience_members.c.profile_id > after,
+            )
+            .order_by(audience_members.c.profile_id)
+            .limit(page_size)
+        ).all()
+        if not members:
+            return
+        ids = [member.profile_id for member in members]
+        found_identities = _identities_of(conn, ids)
+        found_traits = _traits_of(conn, ids)
+        yield [
+            {
+                "profile_id": member.profile_id,
+                "entered_at": member.entered_at,
+                "identities": found_identities.get(member.profile_id, {}),
+                "traits": found_traits.get(member.profile_id, {}),
+            }
+            for member in members
+        ]
+        if len(members) < page_size:
+            return
+        after = ids[-1]
+
+
+def _rows(pages: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    for page in pages:
+        yield from page
+
+
+def _audience_name(conn: Connection, audience_id: str) -> str:
+    name = conn.execute(
+        sa.select(audiences.c.name).where(audiences.c.id == audience_id)
+    ).scalar_one_or_none()
+    if name is None:
+        raise NotFound(f"there is no audience {audience_id!r}; GET /api/v1/audiences lists them")
+    return str(name)
+
+
+def _identities_of(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    found: dict[str, dict[str, list[str]]] = {}
+    for part in chunked(ids):
+        rows = conn.execute(
+            sa.select(identities.c.profile_id, identities.c.type, identities.c.value)
+            .where(identities.c.profile_id.in_(part))
+            # Oldest first: the identifier a person was first known by leads its list.
+            .order_by(identities.c.profile_id, identities.c.first_seq, identities.c.value)
+        )
+        for profile_id, kind, value in rows:
+            found.setdefault(profile_id, {}).setdefault(kind, []).append(value)
+    return found
+
+
+def _traits_of(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for part in chunked(ids):
+        rows = conn.execute(
+            sa.select(profile_traits.c.profile_id, profile_traits.c.name, profile_traits.c.value)
+            .where(profile_traits.c.profile_id.in_(part))
+            .order_by(profile_traits.c.profile_id, profile_traits.c.name)
+        )
+        for profile_id, name, value in rows:
+            found.setdefault(profile_id, {})[name] = orjson.loads(value)
+    return found
+
+
+def _member_count(conn: Connection, audience_id: str) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(audience_members.c.audience_id == audience_id)
+        ).scalar_one()
+    )
+
+
+# -- export jobs ------------------------------------------------------------------------
+
+
+def _view(row: Any) -> dict[str, Any]:
+    total = None if row.total is None else int(row.total)
+    done = int(row.done or 0)
+    if row.status == DONE:
+        progress: float | None = 1.0
+    elif total is None:
+        progress = None  # not started: the size is counted when the job starts
+    else:
+        progress = round(min(1.0, done / total), 4) if total else 0.0
+    return {
+        "id": row.id,
+        "audience_id": row.audience_id,
+        "format": row.format,
+        "status": row.status,
+        "total": total,
+        "done": done,
+        "progress": progress,
+        "path": row.path,
+        "error": row.error,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "finished_at": row.finished_at,
+        "download_url": f"/api/v1/exports/{row.id}/download" if row.status == DONE else None,
+    }
+
+
+def create_export(
+    conn: Connection, *, audience_id: str, fmt: str, actor: str | None
+) -> dict[str, Any]:
+    """Queue an export of the audience's members; a worker runs it (`run_next_export`)."""
+    if fmt not in FORMATS:
+        raise BadRequest(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    _audience_name(conn, audience_id)
+    export_id = f"exp_{secrets.token_hex(12)}"
+    conn.execute(
+        export_jobs.insert().values(
+            id=export_id,
+            audience_id=audience_id,
+            format=fmt,
+            status=QUEUED,
+            total=None,
+            done=0,
+            created_by=actor,
+            created_at=datetime.now(UTC),
+        )
+    )
+    return get_export(conn, export_id=export_id)
+
+
+def get_export(conn: Connection, *, export_id: str) -> dict[str, Any]:
+    row = conn.execute(sa.select(export_jobs).where(export_jobs.c.id == export_id)).first()
+    if row is None:
+        raise NotFound(f"there is no export {export_id!r}; GET /api/v1/exports lists them")
+    return _view(row)
+
+
+def list_exports(
+    conn: Connection, *, audience_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Newest first."""
+    query = (
+        sa.select(export_jobs)
+        .order_by(export_jobs.c.created_at.desc(), export_jobs.c.id.desc())
+        .limit(limit)
+    )
+    if audience_id is not None:
+        query = query.where(export_jobs.c.audience_id == audience_id)
+    return [_view(row) for row in conn.execute(query)]
+
+
+def claim_export(conn: Connection, *, export_id: str) -> bool:
+    """Take a queued job for this worker. Optimistic: the update only matches while the job
+    is still queued, so of two workers that picked the same job, exactly one gets it."""
+    claimed = conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == export_id, export_jobs.c.status == QUEUED)
+        .values(status=RUNNING)
+    )
+    return claimed.rowcount == 1
+
+
+def _claim_oldest(engine: Engine) -> Any:
+    while True:
+        with engine.begin() as conn:
+            row = conn.execute(
+                sa.select(export_jobs)
+                .where(export_jobs.c.status == QUEUED)
+                .order_by(export_jobs.c.created_at, export_jobs.c.id)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            if claim_export(conn, export_id=row.id):
+                return row
+        # Another worker took it between our read and our update: try the next one.
+
+
+def run_next_export(engine: Engine, *, export_dir: Path, now: datetime | None = None) -> bool:
+    """Run the oldest queued export job to the end; False when none was queued.
+
+    The file is `audience-{audience_id}-{export_id}.{format}` in `export_dir`. `done` is
+    committed after every page, so the API shows progress while the job runs. Any error
+    fails the job with its text; it is never lost, and never raised to the caller's loop.
+    `now` is the moment recorded as `finished_at` (tests pin it); the clock's otherwise.
+    """
+    job = _claim_oldest(engine)
+    if job is None:
+        return False
+    try:
+        with engine.begin() as conn:
+            total = _member_count(conn, job.audience_id)
+            conn.execute(export_jobs.update().where(export_jobs.c.id == job.id).values(total=total))
+        path, rows = _write_export(engine, job, export_dir)
+    except Exception as exc:
+        fields = {"export_id": job.id, "audience_id": job.audience_id, "error": str(exc)}
+        if isinstance(exc, TesseraError | OSError):  # expected: the error says it all
+            log.warning("export.failed", extra={"fields": fields})
+        else:
+            log.exception("export.failed", extra={"fields": fields})
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+        _finish(engine, job.id, now, status=FAILED, error=error)
+        return True
+    # Members may enter or leave while a large audience is read: `total` becomes what the
+    # file holds, so a finished job's numbers describe its file.
+    _finish(engine, job.id, now, status=DONE, path=path, total=rows, done=rows)
+    return True
+
+
+def _write_export(engine: Engine, job: Any, export_dir: Path) -> tuple[str, int]:
+    fmt: Format = job.format
+    written = 0
+
+    def with_progress(pages: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        nonlocal written
+        for page in pages:
+            yield from page
+            written += len(page)
+            # A short transaction of its own, so readers see progress while the file grows.
+            with engine.begin() as conn:
+                conn.execute(
+                    export_jobs.update().where(export_jobs.c.id == job.id).values(done=written)
+                )
+
+    with engine.connect() as conn:
+        _audience_name(conn, job.audience_id)  # deleted since the job was queued: NotFound
+        path = write_table(
+            str(export_dir),
+            f"audience-{job.audience_id}-{job.id}.{fmt}",
+            fmt,
+            list(SNAPSHOT_COLUMNS),
+            with_progress(member_pages(conn, audience_id=job.audience_id)),
+        )
+    return path, written
+
+
+def _finish(
+    engine: Engine, export_id: str, now: datetime | None, *, status: str, **values: Any
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            export_jobs.update()
+            .where(export_jobs.c.id == export_id)
+            .values(status=status, finished_at=now or datetime.now(UTC), **values)
+        )
