@@ -47,6 +47,7 @@ class Faults:
     reset: float = 0.0  # closes the connection without an answer
     retry_after: str = "1"
     slow_seconds: float = 2.0
+    latency: float = 0.0  # every accepted answer takes this long
     seed: int = 7
     rng: random.Random = field(init=False)
 
@@ -166,6 +167,8 @@ class Receiver:
         edge += faults.too_slow
         if roll < edge:
             await asyncio.sleep(faults.slow_seconds)
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
         with self._lock:
             self.accepted.append(Received(time.monotonic(), headers, body))
         await _respond(writer, 200, b'{"ok": true}')

@@ -9,6 +9,10 @@ in order, and a duplicate is only ever a repeat of the same idempotency key.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +25,7 @@ from tessera.activation.models import outbox
 from tessera.auth.tokens import create_token
 from tessera.config import Settings
 from tessera.processor import Pipeline, reset_derived_state, run_maintenance, run_once
+from tessera.worker_process import settings_environment
 from tests.activation.receiver import Faults, Receiver, receiver
 from tests.conftest import LiveTessera, start_live
 from tests.ingest.helpers import post
@@ -460,3 +465,58 @@ def count_outbox(engine: Engine) -> int:
 
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one())
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, **settings_environment(settings)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tessera", "worker"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_a_killed_delivery_worker_loses_nothing(settings: Settings, engine: Engine) -> None:
+    """SIGKILL the worker while calls are in flight; another worker takes the destination
+    over when the lease runs out and sends what was not confirmed: all arrives, in order."""
+    ingest_only = settings.model_copy(update={**FAST, "processor_mode": "off"})
+    worker_settings = ingest_only.model_copy(update={"delivery_lease_seconds": 1.0})
+    for live in start_live(ingest_only, engine):
+        admin = Admin(live)
+        with receiver(faults=Faults(latency=0.05)) as hook:
+            admin.ok(
+                "POST",
+                "/api/v1/destinations",
+                webhook("killed", hook.url, concurrency=2),
+                status=201,
+            )
+            events = orders(6, 15)
+            send(live, events)
+            first = start_worker(worker_settings)
+            try:
+                wait_for(lambda: len(hook.messages()) >= 20, what="deliveries under way")
+                first.send_signal(signal.SIGKILL)
+                first.wait(10)
+                at_kill = len(hook.messages())
+                assert at_kill < len(events), "the worker finished before it was killed"
+                second = start_worker(worker_settings)
+                try:
+                    wait_for(
+                        lambda: (
+                            {m["messageId"] for m in hook.messages()}
+                            >= {e["messageId"] for e in events}
+                        ),
+                        timeout=90,
+                        what="the second worker to deliver the rest",
+                    )
+                finally:
+                    second.terminate()
+                    assert second.wait(20) == 0
+            finally:
+                if first.poll() is None:
+                    first.kill()
+            assert_complete_and_ordered(hook, events)
+            # Duplicates only ever repeat an idempotency key; each header matches its body.
+            for item in hook.accepted:
+                assert item.headers["idempotency-key"] == item.json()["messageId"]
