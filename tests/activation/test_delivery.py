@@ -502,14 +502,12 @@ def test_a_killed_delivery_worker_loses_nothing(settings: Settings, engine: Engi
                 assert at_kill < len(events), "the worker finished before it was killed"
                 second = start_worker(worker_settings)
                 try:
-                    wait_for(
-                        lambda: (
-                            {m["messageId"] for m in hook.messages()}
-                            >= {e["messageId"] for e in events}
-                        ),
-                        timeout=90,
-                        what="the second worker to deliver the rest",
-                    )
+                    wanted = {e["messageId"] for e in events}
+
+                    def arrived(hook: Receiver = hook) -> bool:
+                        return {m["messageId"] for m in hook.messages()} >= wanted
+
+                    wait_for(arrived, timeout=90, what="the second worker to deliver the rest")
                 finally:
                     second.terminate()
                     assert second.wait(20) == 0
