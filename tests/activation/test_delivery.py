@@ -504,7 +504,7 @@ def test_a_killed_delivery_worker_loses_nothing(settings: Settings, engine: Engi
                 try:
                     wanted = {e["messageId"] for e in events}
 
-                    def arrived(hook: Receiver = hook) -> bool:
+                    def arrived(hook: Receiver = hook, wanted: set[str] = wanted) -> bool:
                         return {m["messageId"] for m in hook.messages()} >= wanted
 
                     wait_for(arrived, timeout=90, what="the second worker to deliver the rest")
