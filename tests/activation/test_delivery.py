@@ -518,3 +518,73 @@ def test_a_killed_delivery_worker_loses_nothing(settings: Settings, engine: Engi
             # Duplicates only ever repeat an idempotency key; each header matches its body.
             for item in hook.accepted:
                 assert item.headers["idempotency-key"] == item.json()["messageId"]
+
+
+def test_file_destinations_write_messages_and_member_lists_read_back_by_duckdb(
+    fast: LiveTessera, tmp_path: Any
+) -> None:
+    import duckdb
+
+    admin = Admin(fast)
+    audience = admin.ok(
+        "POST",
+        "/api/v1/audiences",
+        {"name": "Buyers", "definition": {"event": "Order Completed", "performed": True}},
+        status=201,
+    )
+    stream_dir, members_dir = tmp_path / "stream", tmp_path / "members"
+    admin.ok(
+        "POST",
+        "/api/v1/destinations",
+        {
+            "name": "order files",
+            "type": "file",
+            "config": {"url": str(stream_dir), "format": "parquet", "interval_seconds": 1},
+            "subscriptions": [{"type": "events", "event_names": ["Order Completed"]}],
+        },
+        status=201,
+    )
+    events = orders(4, 3)
+    send(fast, events)
+
+    def stream_ids() -> set[str]:
+        if not stream_dir.exists() or not list(stream_dir.glob("*.parquet")):
+            return set()
+        query = f"select message_id from read_parquet('{stream_dir}/*.parquet')"
+        return {row[0] for row in duckdb.sql(query).fetchall()}
+
+    wait_for(lambda: stream_ids() == {e["messageId"] for e in events}, what="the message files")
+    assert not list(stream_dir.glob(".*")), "a temporary file was left behind"
+    wait_for(
+        lambda: admin.ok("GET", f"/api/v1/audiences/{audience['id']}")["status"] == "ready",
+        what="the audience",
+    )
+    admin.ok(
+        "POST",
+        "/api/v1/destinations",
+        {
+            "name": "buyer lists",
+            "type": "file",
+            "config": {
+                "url": str(members_dir),
+                "format": "csv",
+                "content": "audience_members",
+                "audience_id": audience["id"],
+                "interval_seconds": 60,
+            },
+        },
+        status=201,
+    )
+    wait_for(lambda: bool(list(members_dir.glob("*.csv"))), what="the member list")
+    [listing] = list(members_dir.glob("*.csv"))
+    rows = duckdb.sql(f"select profile_id, identities from read_csv('{listing}')").fetchall()
+    assert len(rows) == 4
+    assert {orjson_loads(identities)["user_id"][0] for _, identities in rows} == {
+        f"person-{p}" for p in range(4)
+    }
+
+
+def orjson_loads(text: str) -> Any:
+    import orjson
+
+    return orjson.loads(text)
