@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from tessera.profiles.models import (
     profile_traits,
     profiles,
 )
+from tessera.store.chunks import chunked
 
 PROFILE_ID = re.compile(r"^prf_\d{1,19}$")
 
@@ -62,92 +64,117 @@ def resolve_reference(conn: Connection, ref: str, rules: IdentityRules) -> str:
 
 
 def get_profile(conn: Connection, profile_id: str) -> dict[str, Any]:
-    row = conn.execute(sa.select(profiles).where(profiles.c.id == profile_id)).one()
-    traits: dict[str, Any] = {}
-    provenance: dict[str, Any] = {}
-    for trait in conn.execute(
-        sa.select(profile_traits, sources.c.name.label("source_name"))
-        .select_from(profile_traits.outerjoin(sources, sources.c.id == profile_traits.c.source_id))
-        .where(profile_traits.c.profile_id == profile_id)
-        .order_by(profile_traits.c.name)
-    ):
-        traits[trait.name] = orjson.loads(trait.value)
-        provenance[trait.name] = {
-            "source": trait.source_name,
-            "message_id": trait.message_id,
-            "timestamp": trait.timestamp,
-        }
-    return {
-        "id": row.id,
-        "traits": traits,
-        "identities": [
-            {"type": kind, "value": value}
-            for kind, value in conn.execute(
-                sa.select(identities.c.type, identities.c.value)
-                .where(identities.c.profile_id == profile_id)
-                .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
-            )
-        ],
-        "accounts": [
-            {
-                "group_id": account.group_id,
-                "traits": orjson.loads(account.traits),
-                "timestamp": account.timestamp,
+    found = get_profiles(conn, [profile_id])
+    if profile_id not in found:
+        raise NotFound(f"no profile has id {profile_id!r}")
+    return found[profile_id]
+
+
+def get_profiles(conn: Connection, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Profiles by id (as they are stored: absorbed ids are not resolved), each part read
+    for all of them at once: a page of a list costs the queries of one profile."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in chunked(sorted(set(profile_ids))):
+        for row in conn.execute(sa.select(profiles).where(profiles.c.id.in_(chunk))):
+            found[row.id] = {
+                "id": row.id,
+                "traits": {},
+                "identities": [],
+                "accounts": [],
+                "provenance": {},
+                "merged_ids": [],
+                "event_count": row.event_count,
+                "computed_traits": {},
+                "consent": {},
+                "created_at": row.created_at,
+                "updated_at": row.updated_at,
             }
-            for account in conn.execute(
-                sa.select(profile_accounts)
-                .where(profile_accounts.c.profile_id == profile_id)
-                .order_by(profile_accounts.c.group_id)
+    keys = sorted(found)
+    for chunk in chunked(keys):
+        for trait in conn.execute(
+            sa.select(profile_traits, sources.c.name.label("source_name"))
+            .select_from(
+                profile_traits.outerjoin(sources, sources.c.id == profile_traits.c.source_id)
             )
-        ],
-        "provenance": provenance,
-        "merged_ids": [
-            merged
-            for (merged,) in conn.execute(
-                sa.select(profiles.c.id)
-                .where(profiles.c.merged_into == profile_id)
-                .order_by(profiles.c.created_seq)
+            .where(profile_traits.c.profile_id.in_(chunk))
+            .order_by(profile_traits.c.profile_id, profile_traits.c.name)
+        ):
+            body = found[trait.profile_id]
+            body["traits"][trait.name] = orjson.loads(trait.value)
+            body["provenance"][trait.name] = {
+                "source": trait.source_name,
+                "message_id": trait.message_id,
+                "timestamp": trait.timestamp,
+            }
+        for ident in conn.execute(
+            sa.select(identities.c.profile_id, identities.c.type, identities.c.value)
+            .where(identities.c.profile_id.in_(chunk))
+            .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
+        ):
+            found[ident.profile_id]["identities"].append({"type": ident.type, "value": ident.value})
+        for account in conn.execute(
+            sa.select(profile_accounts)
+            .where(profile_accounts.c.profile_id.in_(chunk))
+            .order_by(profile_accounts.c.profile_id, profile_accounts.c.group_id)
+        ):
+            found[account.profile_id]["accounts"].append(
+                {
+                    "group_id": account.group_id,
+                    "traits": orjson.loads(account.traits),
+                    "timestamp": account.timestamp,
+                }
             )
-        ],
-        "event_count": row.event_count,
-        "computed_traits": computed_trait_values_of(conn, profile_id),
-        "consent": {
-            row.category: {"granted": row.granted, "timestamp": row.timestamp}
-            for row in conn.execute(
-                sa.select(profile_consent)
-                .where(profile_consent.c.profile_id == profile_id)
-                .order_by(profile_consent.c.category)
-            )
-        },
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
+        for merged in conn.execute(
+            sa.select(profiles.c.id, profiles.c.merged_into)
+            .where(profiles.c.merged_into.in_(chunk))
+            .order_by(profiles.c.created_seq)
+        ):
+            found[merged.merged_into]["merged_ids"].append(merged.id)
+        for profile_id, values in computed_trait_values_of_many(conn, chunk).items():
+            found[profile_id]["computed_traits"] = values
+        for choice in conn.execute(
+            sa.select(profile_consent)
+            .where(profile_consent.c.profile_id.in_(chunk))
+            .order_by(profile_consent.c.profile_id, profile_consent.c.category)
+        ):
+            found[choice.profile_id]["consent"][choice.category] = {
+                "granted": choice.granted,
+                "timestamp": choice.timestamp,
+            }
+    return found
 
 
 def computed_trait_values_of(conn: Connection, profile_id: str) -> dict[str, Any]:
     """The profile's named, ready computed traits: `{name: {value, updated_at}}`. Implicit
     ones (audience event conditions) and those still backfilling are left out."""
+    return computed_trait_values_of_many(conn, [profile_id]).get(profile_id, {})
+
+
+def computed_trait_values_of_many(
+    conn: Connection, profile_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     query = (
         sa.select(
+            computed_trait_values.c.profile_id,
             computed_trait_values.c.name,
             computed_trait_values.c.value,
             computed_trait_values.c.updated_at,
         )
         .join(computed_traits, computed_traits.c.name == computed_trait_values.c.name)
         .where(
-            computed_trait_values.c.profile_id == profile_id,
+            computed_trait_values.c.profile_id.in_(list(profile_ids)),
             computed_traits.c.implicit.is_(False),
             computed_traits.c.status == "ready",
         )
-        .order_by(computed_trait_values.c.name)
+        .order_by(computed_trait_values.c.profile_id, computed_trait_values.c.name)
     )
-    return {
-        row.name: {
+    found: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(query):
+        found.setdefault(row.profile_id, {})[row.name] = {
             "value": orjson.loads(row.value) if row.value is not None else None,
             "updated_at": row.updated_at,
         }
-        for row in conn.execute(query)
-    }
+    return found
 
 
 def list_identities(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
