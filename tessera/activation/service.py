@@ -35,13 +35,17 @@ from tessera.activation.plugins import (
     parse_config,
 )
 from tessera.activation.subscriptions import parse_subscriptions
-from tessera.audiences.models import audiences
+from tessera.audiences.models import audience_members, audiences
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
+from tessera.processor_models import hold_processor
+from tessera.store.types import UtcDateTime
 
 MASK = "********"
 STATES = (store.PENDING, store.DELIVERED, store.DEAD, store.BLOCKED)
 COUNTERS = ("sent", "failed", "dead", "blocked", "replayed")
 LATENCY_SAMPLE = 1000
+# The first sync of an audience's members may be a long list, sent once: it gets a day.
+MAX_AGE_FOR_SYNC = timedelta(days=1)
 
 
 def list_types() -> list[dict[str, Any]]:
@@ -154,7 +158,75 @@ def create_destination(
     conn.execute(
         destination_state.insert().values(destination_id=destination_id, consecutive_failures=0)
     )
+    if enabled:
+        _sync_members(conn, destination_id, _entered_audiences(subscriptions), now=now)
     return get_destination(conn, destination_id=destination_id)
+
+
+def _entered_audiences(subscriptions: list[Any]) -> set[str]:
+    found: set[str] = set()
+    for item in subscriptions:
+        if item.get("type") == "audience" and "entered" in (item.get("changes") or ["entered"]):
+            found.update(item.get("audiences", []))
+    return found
+
+
+def _sync_members(
+    conn: Connection, destination_id: str, audience_ids: set[str], *, now: datetime
+) -> int:
+    """A destination that newly subscribes to an audience's entries first gets everyone who
+    is in it already, as `audience.entered` with the cause `subscribed`. Holding the
+    processor's row keeps these ahead of any later change of the same people."""
+    if not audience_ids:
+        return 0
+    hold_processor(conn)
+    queued = 0
+    rows = conn.execute(
+        sa.select(audiences.c.id, audiences.c.name).where(audiences.c.id.in_(sorted(audience_ids)))
+    )
+    for audience in rows:
+        body = orjson.dumps(
+            {
+                "audience": {"id": audience.id, "name": audience.name},
+                "cause": "subscribed",
+                "at": now.isoformat(),
+            }
+        ).decode()
+        prefix = f"sync-{destination_id}-{audience.id}-"
+        member = audience_members.c.profile_id
+        select = sa.select(
+            sa.literal(destination_id),
+            member,
+            sa.literal("audience.entered"),
+            sa.literal(prefix) + member,
+            sa.literal(body),
+            sa.literal(now, UtcDateTime),
+            sa.literal(now + MAX_AGE_FOR_SYNC, UtcDateTime),
+            sa.literal(store.PENDING),
+            sa.literal(0),
+            sa.literal(now, UtcDateTime),
+            sa.literal(0),
+        ).where(audience_members.c.audience_id == audience.id)
+        result = conn.execute(
+            outbox.insert().from_select(
+                [
+                    "destination_id",
+                    "person",
+                    "kind",
+                    "message_id",
+                    "payload",
+                    "created_at",
+                    "expires_at",
+                    "state",
+                    "attempts",
+                    "next_attempt_at",
+                    "replays",
+                ],
+                select,
+            )
+        )
+        queued += int(result.rowcount or 0)
+    return queued
 
 
 def _row(conn: Connection, destination_id: str) -> Any:
@@ -201,6 +273,14 @@ def update_destination(
     if "enabled" in changes:
         values["enabled"] = bool(changes["enabled"])
     conn.execute(destinations.update().where(destinations.c.id == destination_id).values(**values))
+    if values.get("enabled", row.enabled):
+        before = _entered_audiences(orjson.loads(row.subscriptions)) if row.enabled else set()
+        _sync_members(
+            conn,
+            destination_id,
+            _entered_audiences(subscriptions) - before,
+            now=values["updated_at"],
+        )
     return get_destination(conn, destination_id=destination_id)
 
 

@@ -588,3 +588,46 @@ def orjson_loads(text: str) -> Any:
     import orjson
 
     return orjson.loads(text)
+
+
+def test_a_new_audience_subscription_first_gets_the_current_members(fast: LiveTessera) -> None:
+    admin = Admin(fast)
+    audience = admin.ok(
+        "POST",
+        "/api/v1/audiences",
+        {"name": "Pro", "definition": {"trait": "plan", "op": "eq", "value": "pro"}},
+        status=201,
+    )
+    send(
+        fast, [{"type": "identify", "userId": f"p{i}", "traits": {"plan": "pro"}} for i in range(3)]
+    )
+    wait_for(
+        lambda: admin.ok("GET", f"/api/v1/audiences/{audience['id']}")["size"] == 3,
+        what="three members",
+    )
+    with receiver() as hook:
+        destination = admin.ok(
+            "POST",
+            "/api/v1/destinations",
+            {
+                "name": "sync",
+                "type": "webhook",
+                "config": {"url": hook.url},
+                "subscriptions": [{"type": "audience", "audiences": [audience["id"]]}],
+            },
+            status=201,
+        )
+        wait_for(lambda: len(hook.messages()) == 3, what="the current members")
+        assert {m["cause"] for m in hook.messages()} == {"subscribed"}
+        assert {m["profile"]["identities"]["user_id"][0] for m in hook.messages()} == {
+            "p0",
+            "p1",
+            "p2",
+        }
+        # Saving the same subscription again sends nobody twice; a new member follows.
+        path = f"/api/v1/destinations/{destination['id']}"
+        admin.ok("PATCH", path, {"name": "sync again"})
+        send(fast, [{"type": "identify", "userId": "p3", "traits": {"plan": "pro"}}])
+        wait_for(lambda: len(hook.messages()) == 4, what="the new member")
+        time.sleep(0.5)
+        assert len(hook.messages()) == 4
