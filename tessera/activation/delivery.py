@@ -104,7 +104,8 @@ class Deliverer:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        # Every idle wait in the loop registers an event here; a wake sets them all.
+        self._waiters: set[asyncio.Event] = set()
         self._stopping = threading.Event()
         self._active: dict[str, _Active] = {}
         self.cycles = 0
@@ -130,10 +131,25 @@ class Deliverer:
 
     def wake(self) -> None:
         """New messages are in the outbox (thread-safe)."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`, or until `wake()`; each wait has its own event, so one
+        wake reaches every waiting task and none stays set to spin a loop."""
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), seconds)
+        finally:
+            self._waiters.discard(waiter)
 
     @property
     def running(self) -> bool:
@@ -142,7 +158,6 @@ class Deliverer:
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._wake = asyncio.Event()
         ready.set()
         try:
             loop.run_until_complete(self._main())
@@ -152,7 +167,6 @@ class Deliverer:
     # -- the loop ----------------------------------------------------------------------
 
     async def _main(self) -> None:
-        assert self._wake is not None
         tasks: dict[str, asyncio.Task[None]] = {}
         exports = asyncio.create_task(self._exports())
         housekept = 0.0
@@ -171,8 +185,7 @@ class Deliverer:
             if time.monotonic() - housekept > HOUSEKEEPING_SECONDS:
                 housekept = time.monotonic()
                 await asyncio.to_thread(self._housekeep)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait(), self._settings.delivery_poll_seconds * 5)
+            await self._pause(self._settings.delivery_poll_seconds * 5)
         for task in [*tasks.values(), exports]:
             task.cancel()
         await asyncio.gather(*tasks.values(), exports, return_exceptions=True)
@@ -195,10 +208,6 @@ class Deliverer:
                 ran = False
             if not ran:
                 await asyncio.sleep(self._settings.delivery_poll_seconds * 5)
-
-    async def _wait(self) -> None:
-        assert self._wake is not None
-        await self._wake.wait()
 
     def _enabled(self) -> list[str]:
         with self._engine.connect() as conn:
@@ -242,7 +251,7 @@ class Deliverer:
                 done = 0
                 await asyncio.sleep(min(5.0, idle * 10))
             if done == 0:
-                await asyncio.sleep(idle)
+                await self._pause(idle)
 
     # -- one cycle ---------------------------------------------------------------------
 
