@@ -285,7 +285,7 @@ class Deliverer:
         limit = (
             plugin.batch_size
             if probing
-            else min(MAX_MESSAGES_PER_CYCLE, max(plugin.batch_size * plugin.concurrency, 100))
+            else min(MAX_MESSAGES_PER_CYCLE, max(plugin.batch_size * plugin.concurrency, 500))
         )
         pending, profiles = await asyncio.to_thread(self._load, destination_id, now, limit)
         if not pending:
