@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -291,7 +292,9 @@ class Deliverer:
         if not pending:
             return 0
         outcomes = await self._send(lease, active, pending, profiles, now, probing=probing)
-        await asyncio.to_thread(self._record, destination_id, outcomes, bool(interval))
+        await asyncio.to_thread(
+            functools.partial(self._record, destination_id, outcomes, scheduled=bool(interval))
+        )
         return len(pending)
 
     def _acquire(self, destination_id: str, now: datetime) -> store.Lease | None:
@@ -324,7 +327,7 @@ class Deliverer:
 
     def _broken(self, destination_id: str, reason: str) -> None:
         outcomes = store.Outcomes(calls_failed=1, last_error=f"cannot start: {reason}")
-        self._record(destination_id, outcomes, False)
+        self._record(destination_id, outcomes, scheduled=False)
 
     def _load(
         self, destination_id: str, now: datetime, limit: int
@@ -334,7 +337,9 @@ class Deliverer:
             profiles = store.load_profiles(conn, {row.person for row in pending})
         return pending, profiles
 
-    def _record(self, destination_id: str, outcomes: store.Outcomes, batch: bool) -> None:
+    def _record(self, destination_id: str, outcomes: store.Outcomes, *, scheduled: bool) -> None:
+        """Write a cycle back; `scheduled`: the destination delivers on an interval, and
+        this cycle counts as its delivery when it did something."""
         with self._engine.begin() as conn:
             store.record(
                 conn,
@@ -343,7 +348,7 @@ class Deliverer:
                 now=self._clock(),
                 pause_after=self._settings.delivery_pause_after_failures,
                 probe=timedelta(seconds=self._settings.delivery_probe_seconds),
-                delivered_batch=batch and bool(outcomes.delivered),
+                delivered_batch=scheduled and bool(outcomes.delivered or outcomes.calls_ok),
             )
 
     async def _send(
@@ -440,19 +445,9 @@ class Deliverer:
             outcomes.last_error = f"audience export failed: {exc!r}"[:2000]
         finally:
             await asyncio.to_thread(conn.close)
-        await asyncio.to_thread(self._record_snapshot, lease.destination_id, outcomes)
-
-    def _record_snapshot(self, destination_id: str, outcomes: store.Outcomes) -> None:
-        with self._engine.begin() as conn:
-            store.record(
-                conn,
-                destination_id,
-                outcomes,
-                now=self._clock(),
-                pause_after=self._settings.delivery_pause_after_failures,
-                probe=timedelta(seconds=self._settings.delivery_probe_seconds),
-                delivered_batch=True,
-            )
+        await asyncio.to_thread(
+            functools.partial(self._record, lease.destination_id, outcomes, scheduled=True)
+        )
 
 
 class _Sending:

@@ -8,7 +8,7 @@ index, so finding the people held back by a retry never scans the whole backlog.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -408,7 +408,3 @@ def resume(conn: Connection, destination_id: str, *, now: datetime) -> None:
         )
         .values(next_attempt_at=now)
     )
-
-
-def ids_of(rows: Sequence[Pending]) -> list[int]:
-    return [row.id for row in rows]

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+from pydantic import BaseModel
 
 from tessera import __version__
-from tessera.activation.plugins import DeliveryFailed
+from tessera.activation.plugins import DeliveryFailed, Destination
 
 USER_AGENT = f"Tessera/{__version__}"
 RETRYABLE_4XX = (408, 409, 425, 429)
@@ -65,3 +66,39 @@ def client(*, timeout: float, connections: int) -> httpx.AsyncClient:
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )
+
+
+class HTTPDestination(Destination):
+    """Base of the destinations that call an HTTP API: one pooled client per destination,
+    sized and timed by the config's `concurrency`, `timeout_seconds` and `batch_size`."""
+
+    def __init__(self, config: BaseModel) -> None:
+        super().__init__(config)
+        self._client: httpx.AsyncClient | None = None
+
+    def _setting(self, name: str) -> int | float:
+        value = getattr(self.config, name)
+        assert isinstance(value, int | float)
+        return value
+
+    @property
+    def batch_size(self) -> int:
+        return int(self._setting("batch_size"))
+
+    @property
+    def concurrency(self) -> int:
+        return int(self._setting("concurrency"))
+
+    @property
+    def timeout(self) -> float:
+        return float(self._setting("timeout_seconds"))
+
+    def http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = client(timeout=self.timeout, connections=self.concurrency)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -83,22 +83,22 @@ def _path(value: Any, path: str) -> str:
     return value
 
 
-def parse_mapping(doc: Any) -> FieldMapping:
-    """Validate a mapping document; errors name the JSON path."""
+def parse_mapping(doc: Any, *, root: str = "$") -> FieldMapping:
+    """Validate a mapping document; errors name the JSON path (below `root`)."""
     if doc is None or doc == {}:
         return FieldMapping()
     if not isinstance(doc, Mapping):
-        raise InvalidDefinition("the mapping is an object with fields", path="$")
-    only_keys(doc, {"fields", "only_mapped"}, "$")
+        raise InvalidDefinition("the mapping is an object with fields", path=root)
+    only_keys(doc, {"fields", "only_mapped"}, root)
     raw = doc.get("fields", [])
     if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
-        raise InvalidDefinition(f"fields is a list of at most {MAX_FIELDS}", path="$.fields")
+        raise InvalidDefinition(f"fields is a list of at most {MAX_FIELDS}", path=f"{root}.fields")
     only_mapped = doc.get("only_mapped", False)
     if not isinstance(only_mapped, bool):
-        raise InvalidDefinition("only_mapped is true or false", path="$.only_mapped")
+        raise InvalidDefinition("only_mapped is true or false", path=f"{root}.only_mapped")
     fields: list[FieldMap] = []
     for i, item in enumerate(raw):
-        path = f"$.fields[{i}]"
+        path = f"{root}.fields[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidDefinition("a field is an object with a source", path=path)
         only_keys(item, {"source", "target", "hash"}, path)

@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from tessera.activation import http
-from tessera.activation.plugins import ConnectionCheck, Destination, Message
+from tessera.activation.plugins import ConnectionCheck, Message
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 450 * 1024  # under the 500 KB limit, with room for the envelope
@@ -110,7 +110,7 @@ def to_segment(body: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-class SegmentDestination(Destination):
+class SegmentDestination(http.HTTPDestination):
     title = "Segment-compatible API"
     description = "Forward events and audience changes to Segment, RudderStack or another Tessera."
     config_model = SegmentConfig
@@ -119,15 +119,6 @@ class SegmentDestination(Destination):
         super().__init__(config)
         assert isinstance(config, SegmentConfig)
         self.settings = config
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.settings.batch_size
-
-    @property
-    def concurrency(self) -> int:
-        return self.settings.concurrency
 
     @property
     def url(self) -> str:
@@ -143,24 +134,17 @@ class SegmentDestination(Destination):
                 )
         return calls
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = http.client(
-                timeout=self.settings.timeout_seconds, connections=self.settings.concurrency
-            )
-        return self._client
-
     async def _post(self, calls: list[dict[str, Any]]) -> None:
         body = orjson.dumps({"batch": calls, "sentAt": _now_iso()})
         try:
-            response = await self._http().post(
+            response = await self.http().post(
                 self.url,
                 content=body,
                 auth=(self.settings.write_key.get_secret_value(), ""),
                 headers={"Content-Type": "application/json"},
             )
         except httpx.HTTPError as exc:
-            raise http.transport_failure(exc, self.url, self.settings.timeout_seconds) from None
+            raise http.transport_failure(exc, self.url, self.timeout) from None
         http.check(response)
 
     async def deliver(self, messages: Sequence[Message]) -> None:
@@ -184,11 +168,6 @@ class SegmentDestination(Destination):
         except Exception as exc:
             return ConnectionCheck(False, f"{self.url} failed: {exc}")
         return ConnectionCheck(True, f"{self.url} accepted the write key")
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 def _now_iso() -> str:

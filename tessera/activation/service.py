@@ -94,18 +94,8 @@ def _validate(
 ) -> dict[str, Any]:
     parsed = parse_config(kind, config)
     known = {audience_id for (audience_id,) in conn.execute(sa.select(audiences.c.id))}
-    try:
-        parse_subscriptions(subscriptions, known_audiences=known)
-    except InvalidDefinition as exc:
-        raise InvalidDefinition(
-            str(exc).split(": ", 1)[1], path=exc.path.replace("$", "$.subscriptions", 1)
-        ) from None
-    try:
-        parse_mapping(mapping)
-    except InvalidDefinition as exc:
-        raise InvalidDefinition(
-            str(exc).split(": ", 1)[1], path=exc.path.replace("$", "$.mapping", 1)
-        ) from None
+    parse_subscriptions(subscriptions, known_audiences=known, root="$.subscriptions")
+    parse_mapping(mapping, root="$.mapping")
     if not isinstance(consent, list) or not all(
         isinstance(item, str) and 0 < len(item) <= 64 for item in consent
     ):

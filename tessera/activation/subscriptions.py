@@ -84,17 +84,18 @@ def _names(doc: Mapping[str, Any], key: str, path: str, allowed: tuple[str, ...]
     return value
 
 
-def parse_subscriptions(doc: Any, *, known_audiences: set[str]) -> Subscriptions:
-    """Validate and compile; raises InvalidDefinition with the JSON path of the bad part."""
+def parse_subscriptions(doc: Any, *, known_audiences: set[str], root: str = "$") -> Subscriptions:
+    """Validate and compile; raises InvalidDefinition with the JSON path of the bad part
+    (below `root`, where the document sits in a larger one)."""
     if not isinstance(doc, list):
-        raise InvalidDefinition("subscriptions are a list", path="$")
+        raise InvalidDefinition("subscriptions are a list", path=root)
     if len(doc) > MAX_SUBSCRIPTIONS:
-        raise InvalidDefinition(f"at most {MAX_SUBSCRIPTIONS} subscriptions", path="$")
+        raise InvalidDefinition(f"at most {MAX_SUBSCRIPTIONS} subscriptions", path=root)
     events: list[EventSubscription] = []
     audiences: dict[str, set[str]] = {}
     traits: set[str] | None = None
     for i, item in enumerate(doc):
-        path = f"$[{i}]"
+        path = f"{root}[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidDefinition(f"a subscription is an object, not {item!r}", path=path)
         kind = item.get("type")

@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from tessera.activation import http
-from tessera.activation.plugins import ConnectionCheck, Destination, Message
+from tessera.activation.plugins import ConnectionCheck, Message
 
 SIGNATURE_HEADER = "X-Tessera-Signature"
 RESERVED_HEADERS = {"content-type", "content-length", "host", SIGNATURE_HEADER.lower()}
@@ -88,7 +88,7 @@ class WebhookConfig(BaseModel):
         return value
 
 
-class WebhookDestination(Destination):
+class WebhookDestination(http.HTTPDestination):
     title = "Webhook"
     description = "POST JSON to any URL, signed with HMAC-SHA256, one message or a batch per call."
     config_model = WebhookConfig
@@ -97,22 +97,6 @@ class WebhookDestination(Destination):
         super().__init__(config)
         assert isinstance(config, WebhookConfig)
         self.settings = config
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.settings.batch_size
-
-    @property
-    def concurrency(self) -> int:
-        return self.settings.concurrency
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = http.client(
-                timeout=self.settings.timeout_seconds, connections=self.settings.concurrency
-            )
-        return self._client
 
     def _headers(self, body: bytes, idempotency_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **self.settings.headers}
@@ -127,11 +111,11 @@ class WebhookDestination(Destination):
     async def _post(self, body: bytes, idempotency_key: str | None) -> None:
         url = self.settings.url
         try:
-            response = await self._http().post(
+            response = await self.http().post(
                 url, content=body, headers=self._headers(body, idempotency_key)
             )
         except httpx.HTTPError as exc:
-            raise http.transport_failure(exc, url, self.settings.timeout_seconds) from None
+            raise http.transport_failure(exc, url, self.timeout) from None
         http.check(response)
 
     async def deliver(self, messages: Sequence[Message]) -> None:
@@ -149,8 +133,3 @@ class WebhookDestination(Destination):
         except Exception as exc:
             return ConnectionCheck(False, f"{self.settings.url} failed: {exc}")
         return ConnectionCheck(True, f"{self.settings.url} accepted a test message")
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
