@@ -201,7 +201,10 @@ def test_a_flaky_receiver_that_goes_down_gets_everything_in_order(
         )
         assert hook.requests > requests_while_paused
         assert_complete_and_ordered(hook, events)
-        after = admin.ok("GET", f"/api/v1/destinations/{destination['id']}")
+        path = f"/api/v1/destinations/{destination['id']}"
+        # Outcomes are recorded just after the receiver answers.
+        wait_for(lambda: admin.ok("GET", path)["stats"]["pending"] == 0, what="the records")
+        after = admin.ok("GET", path)
         assert after["status"] == "active"
         assert after["stats"]["failed"] > 0 and after["stats"]["dead"] == 0
         assert hook.refused > 0
@@ -242,6 +245,8 @@ def test_permanent_refusals_become_dead_letters_that_replay_once(fast: LiveTesse
         assert sorted(m["messageId"] for m in hook.messages()) == sorted(
             e["messageId"] for e in events
         )
+        # The worker records a call's outcome just after the receiver answered it.
+        wait_for(lambda: admin.ok("GET", path)["stats"]["sent"] == 4, what="the sent count")
         stats = admin.ok("GET", path)["stats"]
         assert stats["replayed"] == 4 and stats["dead_letters"] == 0 and stats["sent"] == 4
 
@@ -290,6 +295,7 @@ def test_consent_blocks_people_without_it_and_counts_them(fast: LiveTessera) -> 
         wait_for(lambda: admin.ok("GET", path)["stats"]["blocked"] == 2, what="two blocked")
         wait_for(lambda: len(hook.messages()) == 1, what="one delivery")
         assert hook.messages()[0]["event"]["userId"] == "yes"
+        wait_for(lambda: admin.ok("GET", path)["stats"]["sent"] == 1, what="the sent count")
         stats = admin.ok("GET", path)["stats"]
         assert stats["failed"] == 0 and stats["sent"] == 1
         blocked = admin.ok("GET", f"{path}/messages?state=blocked")["items"]
