@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,15 @@ from tessera.store.chunks import chunked
 PROFILE_ID = re.compile(r"^prf_\d{1,19}$")
 
 
+# Statements built once: building a select costs more than running it on an indexed key.
+_OWNER_OF = sa.select(identities.c.profile_id).where(
+    identities.c.type == sa.bindparam("type"), identities.c.value == sa.bindparam("value")
+)
+_PROFILE_ROW = sa.select(profiles.c.id, profiles.c.merged_into).where(
+    profiles.c.id == sa.bindparam("id")
+)
+
+
 def resolve_reference(conn: Connection, ref: str, rules: IdentityRules) -> str:
     """The surviving profile id for `ref`: an id, or `TYPE:VALUE` such as `email:jo@x.com`."""
     if ":" in ref:
@@ -45,26 +54,20 @@ def resolve_reference(conn: Connection, ref: str, rules: IdentityRules) -> str:
         value = normalise(kind, raw, rules)
         if value is None:
             raise BadRequest(f"{raw!r} is not a usable {kind} (empty, blocked or malformed)")
-        owner = conn.execute(
-            sa.select(identities.c.profile_id).where(
-                identities.c.type == kind, identities.c.value == value
-            )
-        ).scalar()
+        owner = conn.execute(_OWNER_OF, {"type": kind, "value": value}).scalar()
         if owner is None:
             raise NotFound(f"no profile has {kind} {value!r}")
         return str(owner)
     if not PROFILE_ID.match(ref):
         raise BadRequest(f"{ref[:80]!r} is neither a profile id (prf_123) nor TYPE:VALUE")
-    row = conn.execute(
-        sa.select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id == ref)
-    ).first()
+    row = conn.execute(_PROFILE_ROW, {"id": ref}).first()
     if row is None:
         raise NotFound(f"no profile has id {ref!r}")
     return str(row.merged_into or row.id)
 
 
 def get_profile(conn: Connection, profile_id: str) -> dict[str, Any]:
-    found = get_profiles(conn, [profile_id])
+    found = _assemble(conn.execute(_ONE_PROFILE, {"id": profile_id}))
     if profile_id not in found:
         raise NotFound(f"no profile has id {profile_id!r}")
     return found[profile_id]
@@ -75,72 +78,166 @@ def get_profiles(conn: Connection, profile_ids: Sequence[str]) -> dict[str, dict
     for all of them at once: a page of a list costs the queries of one profile."""
     found: dict[str, dict[str, Any]] = {}
     for chunk in chunked(sorted(set(profile_ids))):
-        for row in conn.execute(sa.select(profiles).where(profiles.c.id.in_(chunk))):
-            found[row.id] = {
-                "id": row.id,
+        found.update(_assemble(conn.execute(_MANY_PROFILES, {"ids": list(chunk)})))
+    return found
+
+
+# Every part of a profile (its row, traits with their source's name, identities, accounts,
+# absorbed ids, named ready computed traits, consent) comes back from one UNION ALL as rows
+# of one shape, tagged by part: one round trip and one snapshot instead of seven queries.
+# Within a profile, rows come in each part's order (traits by name, identities by first
+# sighting, absorbed ids by creation, ...). The first SELECT fixes the result types, so its
+# `moment` (a UtcDateTime) reads every part's timestamp back as an aware UTC datetime.
+(
+    _PART_PROFILE,
+    _PART_TRAIT,
+    _PART_IDENTITY,
+    _PART_ACCOUNT,
+    _PART_MERGED,
+    _PART_COMPUTED,
+    _PART_CONSENT,
+) = range(7)
+_PART_COLUMNS = (
+    "profile_id",
+    "position",
+    "name",
+    "value",
+    "source",
+    "message_id",
+    "moment",
+    "later",
+    "number",
+)
+
+
+def _part(
+    part: int,
+    profile_id: sa.ColumnElement[Any],
+    **columns: sa.ColumnElement[Any],
+) -> sa.Select[Any]:
+    given = {"position": sa.literal_column("0", sa.BigInteger), **columns}
+    return sa.select(
+        sa.literal_column(str(part), sa.Integer).label("part"),
+        *(
+            (profile_id if name == "profile_id" else given.get(name, sa.null())).label(name)
+            for name in _PART_COLUMNS
+        ),
+    )
+
+
+def _profile_parts(match: Callable[[sa.ColumnElement[str]], sa.ColumnElement[bool]]) -> Any:
+    parts = sa.union_all(
+        _part(
+            _PART_PROFILE,
+            profiles.c.id,
+            moment=profiles.c.created_at,
+            later=profiles.c.updated_at,
+            number=profiles.c.event_count,
+        ).where(match(profiles.c.id)),
+        _part(
+            _PART_TRAIT,
+            profile_traits.c.profile_id,
+            name=profile_traits.c.name,
+            value=profile_traits.c.value,
+            source=sources.c.name,
+            message_id=profile_traits.c.message_id,
+            moment=profile_traits.c.timestamp,
+        )
+        .select_from(profile_traits.outerjoin(sources, sources.c.id == profile_traits.c.source_id))
+        .where(match(profile_traits.c.profile_id)),
+        _part(
+            _PART_IDENTITY,
+            identities.c.profile_id,
+            position=identities.c.first_seq,
+            name=identities.c.type,
+            value=identities.c.value,
+        ).where(match(identities.c.profile_id)),
+        _part(
+            _PART_ACCOUNT,
+            profile_accounts.c.profile_id,
+            name=profile_accounts.c.group_id,
+            value=profile_accounts.c.traits,
+            moment=profile_accounts.c.timestamp,
+        ).where(match(profile_accounts.c.profile_id)),
+        _part(
+            _PART_MERGED,
+            profiles.c.merged_into,
+            position=profiles.c.created_seq,
+            name=profiles.c.id,
+        ).where(match(profiles.c.merged_into)),
+        _part(
+            _PART_COMPUTED,
+            computed_trait_values.c.profile_id,
+            name=computed_trait_values.c.name,
+            value=computed_trait_values.c.value,
+            moment=computed_trait_values.c.updated_at,
+        )
+        .join(computed_traits, computed_traits.c.name == computed_trait_values.c.name)
+        .where(
+            match(computed_trait_values.c.profile_id),
+            computed_traits.c.implicit.is_(False),
+            computed_traits.c.status == "ready",
+        ),
+        _part(
+            _PART_CONSENT,
+            profile_consent.c.profile_id,
+            name=profile_consent.c.category,
+            moment=profile_consent.c.timestamp,
+            number=sa.cast(profile_consent.c.granted, sa.Integer),
+        ).where(match(profile_consent.c.profile_id)),
+    )
+    columns = parts.selected_columns
+    return parts.order_by(columns.part, columns.position, columns.name, columns.value)
+
+
+_ONE_PROFILE = _profile_parts(lambda column: column == sa.bindparam("id"))
+_MANY_PROFILES = _profile_parts(lambda column: column.in_(sa.bindparam("ids", expanding=True)))
+
+
+def _assemble(rows: Iterable[sa.Row[Any]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        part = row.part
+        if part == _PART_PROFILE:
+            found[row.profile_id] = {
+                "id": row.profile_id,
                 "traits": {},
                 "identities": [],
                 "accounts": [],
                 "provenance": {},
                 "merged_ids": [],
-                "event_count": row.event_count,
+                "event_count": row.number,
                 "computed_traits": {},
                 "consent": {},
-                "created_at": row.created_at,
-                "updated_at": row.updated_at,
+                "created_at": row.moment,
+                "updated_at": row.later,
             }
-    keys = sorted(found)
-    for chunk in chunked(keys):
-        for trait in conn.execute(
-            sa.select(profile_traits, sources.c.name.label("source_name"))
-            .select_from(
-                profile_traits.outerjoin(sources, sources.c.id == profile_traits.c.source_id)
+            continue
+        body = found.get(row.profile_id)
+        if body is None:  # a part of an id that has no profile row: nothing to show
+            continue
+        if part == _PART_TRAIT:
+            body["traits"][row.name] = orjson.loads(row.value)
+            body["provenance"][row.name] = {
+                "source": row.source,
+                "message_id": row.message_id,
+                "timestamp": row.moment,
+            }
+        elif part == _PART_IDENTITY:
+            body["identities"].append({"type": row.name, "value": row.value})
+        elif part == _PART_ACCOUNT:
+            body["accounts"].append(
+                {"group_id": row.name, "traits": orjson.loads(row.value), "timestamp": row.moment}
             )
-            .where(profile_traits.c.profile_id.in_(chunk))
-            .order_by(profile_traits.c.profile_id, profile_traits.c.name)
-        ):
-            body = found[trait.profile_id]
-            body["traits"][trait.name] = orjson.loads(trait.value)
-            body["provenance"][trait.name] = {
-                "source": trait.source_name,
-                "message_id": trait.message_id,
-                "timestamp": trait.timestamp,
+        elif part == _PART_MERGED:
+            body["merged_ids"].append(row.name)
+        elif part == _PART_COMPUTED:
+            body["computed_traits"][row.name] = {
+                "value": orjson.loads(row.value) if row.value is not None else None,
+                "updated_at": row.moment,
             }
-        for ident in conn.execute(
-            sa.select(identities.c.profile_id, identities.c.type, identities.c.value)
-            .where(identities.c.profile_id.in_(chunk))
-            .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
-        ):
-            found[ident.profile_id]["identities"].append({"type": ident.type, "value": ident.value})
-        for account in conn.execute(
-            sa.select(profile_accounts)
-            .where(profile_accounts.c.profile_id.in_(chunk))
-            .order_by(profile_accounts.c.profile_id, profile_accounts.c.group_id)
-        ):
-            found[account.profile_id]["accounts"].append(
-                {
-                    "group_id": account.group_id,
-                    "traits": orjson.loads(account.traits),
-                    "timestamp": account.timestamp,
-                }
-            )
-        for merged in conn.execute(
-            sa.select(profiles.c.id, profiles.c.merged_into)
-            .where(profiles.c.merged_into.in_(chunk))
-            .order_by(profiles.c.created_seq)
-        ):
-            found[merged.merged_into]["merged_ids"].append(merged.id)
-        for profile_id, values in computed_trait_values_of_many(conn, chunk).items():
-            found[profile_id]["computed_traits"] = values
-        for choice in conn.execute(
-            sa.select(profile_consent)
-            .where(profile_consent.c.profile_id.in_(chunk))
-            .order_by(profile_consent.c.profile_id, profile_consent.c.category)
-        ):
-            found[choice.profile_id]["consent"][choice.category] = {
-                "granted": choice.granted,
-                "timestamp": choice.timestamp,
-            }
+        elif part == _PART_CONSENT:
+            body["consent"][row.name] = {"granted": bool(row.number), "timestamp": row.moment}
     return found
 
 
