@@ -22,6 +22,7 @@ from tessera.audiences import api as audiences_api
 from tessera.audiences import service as audience_service
 from tessera.audit import api as audit_api
 from tessera.auth import api as auth_api
+from tessera.auth.tokens import TokenCache
 from tessera.config import Settings
 from tessera.eventlog import EventLogWriter
 from tessera.ingest import api as ingest_api
@@ -112,6 +113,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.api_tokens = TokenCache(ttl=settings.api_token_cache_seconds)
     app.state.writer = writer
     app.state.processor = processor
     app.state.deliverer = deliverer

@@ -284,6 +284,16 @@ class Settings(BaseSettings):
         default=15, gt=0, description="The window in which failed sign-ins are counted."
     )
     login_lockout_minutes: float = Field(default=15, gt=0, description="How long a lockout lasts.")
+    api_token_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "How long a valid API token is remembered, so a client's requests do not each "
+            "query the store. A token revoked through this server's API is refused at once; "
+            "one revoked elsewhere (`tessera token revoke`, another server) within this time. "
+            "0 checks every request against the store."
+        ),
+    )
     password_reset_minutes: float = Field(
         default=60, gt=0, description="How long a password reset token stays valid."
     )

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tessera.auth.permissions import PERMISSIONS, allowed
 from tessera.auth.sessions import COOKIE_NAME, CSRF_HEADER, get_session
-from tessera.auth.tokens import TOKEN_PREFIX, authenticate
+from tessera.auth.tokens import TOKEN_PREFIX, TokenCache
 from tessera.errors import Forbidden, Unauthorized
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -72,7 +72,8 @@ def current_principal(request: Request, conn: ConnectionDep) -> Principal:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the management API takes `Authorization: Bearer <token>`")
-        found = authenticate(conn, token)
+        cache: TokenCache = request.app.state.api_tokens
+        found = cache.authenticate(conn, token)
         if found is None:
             if not token.startswith(TOKEN_PREFIX):
                 raise Unauthorized(

@@ -173,6 +173,8 @@ def revoke_token(
     token_id: IdPath, request: Request, conn: ConnectionDep, principal: TokenAdmin
 ) -> None:
     tokens.revoke_token(conn, token_id=token_id)
+    cache: tokens.TokenCache = request.app.state.api_tokens
+    cache.forget(token_id)
     record(
         conn,
         actor=principal.actor,

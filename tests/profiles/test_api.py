@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tessera.auth.tokens import create_token, revoke_token
+from tessera.auth.tokens import create_token
 from tessera.processor import wait_until_caught_up
 from tests.conftest import LiveTessera
 from tests.ingest.helpers import post
@@ -173,13 +173,17 @@ def test_a_write_key_is_not_a_token(live: LiveTessera) -> None:
     assert "write key" in response.json()["message"]
 
 
-def test_a_revoked_token_is_refused(live: LiveTessera) -> None:
+def test_a_revoked_token_is_refused(live: LiveTessera, token: str) -> None:
     with live.engine.begin() as conn:
-        token, principal = create_token(conn, name="temp", role="analyst")
-    assert get(live, "user_id:u1", token).status_code == 404
-    with live.engine.begin() as conn:
-        revoke_token(conn, token_id=principal.token_id)
-    assert get(live, "user_id:u1", token).status_code == 401
+        temp, principal = create_token(conn, name="temp", role="analyst")
+    assert get(live, "user_id:u1", temp).status_code == 404
+    revoked = httpx.delete(
+        f"{live.url}/api/v1/tokens/{principal.token_id}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert revoked.status_code == 204
+    assert get(live, "user_id:u1", temp).status_code == 401
 
 
 def test_a_tracked_event_shows_in_the_profile_within_a_second(
