@@ -29,6 +29,7 @@ from tessera.ingest import api as ingest_api
 from tessera.ingest.sources import WriteKeyCache
 from tessera.processor import Pipeline, Processor
 from tessera.profiles import api as profiles_api
+from tessera.profiles.lookup import ProfileLookup
 from tessera.store import create_store_engine
 from tessera.worker_process import ProcessorHandle, WorkerProcess
 
@@ -144,6 +145,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.tracking = tracking
     app.add_middleware(
         TrackingDispatch, tracking=tracking, allow_origins=settings.cors_allow_origins
+    )
+    app.add_middleware(
+        ProfileLookup,
+        engine=engine,
+        tokens=app.state.api_tokens,
+        rules=pipeline.rules,
+        memberships=app.state.profile_audiences,
     )
     # Added last, so it wraps everything: every response gets the security headers.
     app.add_middleware(SecurityMiddleware, max_body_bytes=settings.api_max_body_bytes)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.engine import Connection
 
 from tessera.api.deps import ConnectionDep, Principal, client_ip, require
 from tessera.audit.service import record
+from tessera.auth.permissions import allowed
 from tessera.errors import Forbidden
 from tessera.identity.config import IdentityRules
 from tessera.processor import Pipeline, unmerge
@@ -32,6 +35,9 @@ router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require("profiles:read"))]
 Writer = Annotated[Principal, Depends(require("profiles:write"))]
 
+# A profile's audience memberships: `(conn, *, profile_id) -> [{id, name, entered_at}]`.
+Memberships = Callable[..., list[dict[str, Any]]]
+
 REF_DOC = "A profile id (`prf_123`) or `TYPE:VALUE`, e.g. `email:jo@example.com`."
 
 
@@ -40,11 +46,33 @@ def _rules(request: Request) -> IdentityRules:
     return rules
 
 
-def _resolve(conn: ConnectionDep, ref: str, request: Request, principal: Principal) -> str:
-    if not principal.may("pii:read") and ref.partition(":")[0] in PII_IDENTITY_TYPES:
+def resolve_for(conn: Connection, ref: str, rules: IdentityRules, *, role: str) -> str:
+    """`views.resolve_reference`, refused (403) by personal data to roles without `pii:read`."""
+    if not allowed(role, "pii:read") and ref.partition(":")[0] in PII_IDENTITY_TYPES:
         # Looking people up by email or phone would reveal who is a customer.
-        raise Forbidden(f"role {principal.role!r} may not look profiles up by personal data")
-    return views.resolve_reference(conn, ref, _rules(request))
+        raise Forbidden(f"role {role!r} may not look profiles up by personal data")
+    return views.resolve_reference(conn, ref, rules)
+
+
+def _resolve(conn: ConnectionDep, ref: str, request: Request, principal: Principal) -> str:
+    return resolve_for(conn, ref, _rules(request), role=principal.role)
+
+
+def show_profile(
+    conn: Connection,
+    ref: str,
+    *,
+    rules: IdentityRules,
+    role: str,
+    memberships: Memberships | None,
+) -> dict[str, Any]:
+    """The body of `GET /api/v1/profiles/{ref}` for a caller with `role`: the route's, and
+    the lean path's in `profiles/lookup.py`, so the two cannot differ."""
+    profile_id = resolve_for(conn, ref, rules, role=role)
+    body = views.get_profile(conn, profile_id)
+    if memberships is not None:
+        body["audiences"] = memberships(conn, profile_id=profile_id)
+    return body if allowed(role, "pii:read") else mask_profile(body)
 
 
 @router.get("/{ref}", response_model=ProfileOut, summary="One unified profile")
@@ -53,13 +81,11 @@ def get_profile(
 ) -> dict[str, object]:
     """The profile `ref` resolves to (an absorbed id resolves to its survivor). Personal data
     is masked for roles without `pii:read`."""
-    profile_id = _resolve(conn, ref, request, principal)
-    body = views.get_profile(conn, profile_id)
     # Audiences are a later stage; the app hands in how to list a profile's memberships.
     memberships = getattr(request.app.state, "profile_audiences", None)
-    if memberships is not None:
-        body["audiences"] = memberships(conn, profile_id=profile_id)
-    return body if principal.may("pii:read") else mask_profile(body)
+    return show_profile(
+        conn, ref, rules=_rules(request), role=principal.role, memberships=memberships
+    )
 
 
 @router.get("/{ref}/events", response_model=EventPage, summary="The profile's timeline")
