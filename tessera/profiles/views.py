@@ -97,6 +97,8 @@ def get_profiles(conn: Connection, profile_ids: Sequence[str]) -> dict[str, dict
     _PART_COMPUTED,
     _PART_CONSENT,
 ) = range(7)
+# After `part`, in the order `_assemble` unpacks them (plain tuples: a fifth of the cost of
+# reading each row's columns by name).
 _PART_COLUMNS = (
     "profile_id",
     "position",
@@ -194,50 +196,49 @@ _ONE_PROFILE = _profile_parts(lambda column: column == sa.bindparam("id"))
 _MANY_PROFILES = _profile_parts(lambda column: column.in_(sa.bindparam("ids", expanding=True)))
 
 
-def _assemble(rows: Iterable[sa.Row[Any]]) -> dict[str, dict[str, Any]]:
+def _assemble(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        part = row.part
+    for part, profile_id, _, name, value, source, message_id, moment, later, number in rows:
         if part == _PART_PROFILE:
-            found[row.profile_id] = {
-                "id": row.profile_id,
+            found[profile_id] = {
+                "id": profile_id,
                 "traits": {},
                 "identities": [],
                 "accounts": [],
                 "provenance": {},
                 "merged_ids": [],
-                "event_count": row.number,
+                "event_count": number,
                 "computed_traits": {},
                 "consent": {},
-                "created_at": row.moment,
-                "updated_at": row.later,
+                "created_at": moment,
+                "updated_at": later,
             }
             continue
-        body = found.get(row.profile_id)
+        body = found.get(profile_id)
         if body is None:  # a part of an id that has no profile row: nothing to show
             continue
         if part == _PART_TRAIT:
-            body["traits"][row.name] = orjson.loads(row.value)
-            body["provenance"][row.name] = {
-                "source": row.source,
-                "message_id": row.message_id,
-                "timestamp": row.moment,
+            body["traits"][name] = orjson.loads(value)
+            body["provenance"][name] = {
+                "source": source,
+                "message_id": message_id,
+                "timestamp": moment,
             }
         elif part == _PART_IDENTITY:
-            body["identities"].append({"type": row.name, "value": row.value})
+            body["identities"].append({"type": name, "value": value})
         elif part == _PART_ACCOUNT:
             body["accounts"].append(
-                {"group_id": row.name, "traits": orjson.loads(row.value), "timestamp": row.moment}
+                {"group_id": name, "traits": orjson.loads(value), "timestamp": moment}
             )
         elif part == _PART_MERGED:
-            body["merged_ids"].append(row.name)
+            body["merged_ids"].append(name)
         elif part == _PART_COMPUTED:
-            body["computed_traits"][row.name] = {
-                "value": orjson.loads(row.value) if row.value is not None else None,
-                "updated_at": row.moment,
+            body["computed_traits"][name] = {
+                "value": orjson.loads(value) if value is not None else None,
+                "updated_at": moment,
             }
         elif part == _PART_CONSENT:
-            body["consent"][row.name] = {"granted": bool(row.number), "timestamp": row.moment}
+            body["consent"][name] = {"granted": bool(number), "timestamp": moment}
     return found
 
 
