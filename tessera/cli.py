@@ -380,20 +380,33 @@ def worker(
     delivery: Annotated[
         bool, typer.Option(help="Also deliver the outbox to destinations (and run exports).")
     ] = True,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="Which processor stages to run: `all`; `main` (identity, profiles); "
+            "`derived` (computed traits, audiences; with TESSERA_PROCESSOR_DERIVED=separate).",
+        ),
+    ] = "all",
 ) -> None:
     """Run a processor and a delivery worker without the HTTP server (with
     TESSERA_PROCESSOR_MODE=off, or as fail-over on PostgreSQL).
 
-    Processors take turns on the log: one applies a batch while the others wait, so a
-    worker killed mid-batch loses nothing and another carries on from its position.
+    Processors take turns on each stage of the log: one applies a batch while the others
+    wait, so a worker killed mid-batch loses nothing and another carries on from its
+    position. With TESSERA_PROCESSOR_DERIVED=separate, a `--stage main` worker and a
+    `--stage derived` worker run the two stages side by side, each on its own core.
     """
     import signal
     import threading
 
     from tessera.activation.delivery import Deliverer
-    from tessera.processor import Pipeline, Processor
+    from tessera.processor import STAGES, Pipeline, Processor
     from tessera.worker_process import follow_wake_pipe
 
+    stages = {"all": STAGES, **{name: (name,) for name in STAGES}}
+    if stage not in stages:
+        err.print(f"error: --stage must be one of {', '.join(stages)}, not {stage!r}")
+        raise typer.Exit(2)
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     with _errors():
@@ -404,6 +417,7 @@ def worker(
             Pipeline.from_settings(settings),
             poll_seconds=settings.processor_poll_seconds,
             on_applied=deliverer.wake if deliverer is not None else None,
+            stages=stages[stage],
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -184,6 +184,17 @@ class Settings(BaseSettings):
             "`tessera worker` yourself)."
         ),
     )
+    processor_derived: Literal["inline", "separate"] = Field(
+        default="inline",
+        description=(
+            "Where computed traits and audiences are applied: `inline`, in the processor's "
+            "transaction with identity and profiles; `separate`, by a stage with its own log "
+            "position that follows the main one (`tessera worker --stage derived`), so the "
+            "two run on two cores. With `processor_mode=process`, `tessera serve` then "
+            "starts two children, one per stage. Worth it with many audiences and a core to "
+            "spare; an audience then changes one derived batch after the profile."
+        ),
+    )
     processor_batch_events: int = Field(
         default=2000, gt=0, description="Most events the processor applies in one transaction."
     )

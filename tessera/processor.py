@@ -1,9 +1,25 @@
-"""The processor: reads the event log in order and moves each event through identity,
-then profiles. Derived state and the log position commit in one transaction, so a crash
-or an injected failure never leaves an event half applied, applied twice, or skipped.
+"""The processor: reads the event log in order and moves each event through two stages,
+each with its own position in the log:
 
-One processor applies at a time: the position row is locked for the transaction (on
-PostgreSQL extra `tessera worker` processes wait their turn and take over if one dies).
+- **main** (`run_once`): identity, then profiles (traits, consent, accounts), and the
+  events and trait changes destinations subscribe to;
+- **derived** (`run_derived_once`, `run_maintenance`): computed traits and audiences, the
+  audience changes destinations subscribe to, backfills, builds and time's re-evaluations.
+
+Each stage's state and its position commit in one transaction, so a crash or an injected
+failure never leaves an event half applied, applied twice, or skipped.
+
+With `processor_derived = "inline"` (the default) `run_once` applies both stages in its
+transaction while the derived position keeps step with the main one, so one processor
+does everything. With `"separate"`, `run_once` applies only the main stage and a second
+worker (`tessera worker --stage derived`) follows it, on its own core: the derived stage
+reads the events the main stage has attributed (`event_profiles`, `profile_merges`) and
+the profiles' current traits. Switching mode is safe at any time: an inline `run_once`
+derives only while the positions are equal, and `run_derived_once` catches up first.
+
+One processor applies a stage at a time: the stage's position row is locked for the
+transaction (on PostgreSQL extra `tessera worker` processes wait their turn and take over
+if one dies). Locks are always taken main first, then derived.
 """
 
 from __future__ import annotations
@@ -56,10 +72,12 @@ from tessera.profiles.models import (
     profiles,
 )
 from tessera.profiles.policy import Provenance, TraitPolicies
+from tessera.store.chunks import chunked
 from tessera.store.upsert import upsert
 
 log = logging.getLogger(__name__)
 MAIN = "main"
+DERIVED = "derived"
 
 
 @dataclass
@@ -67,6 +85,9 @@ class ProcessorConfig:
     rules: IdentityRules
     trait_policies: dict[str, str]
     batch_events: int = 2000
+    # "inline": `run_once` applies computed traits and audiences in its transaction;
+    # "separate": `run_derived_once` does, in a worker of its own.
+    derived: str = "inline"
     # Messages queued for destinations are retried this long before they turn dead letters.
     delivery_max_age_seconds: float = 4 * 3600
 
@@ -103,6 +124,7 @@ class Pipeline:
                 rules=IdentityRules.from_settings(settings),
                 trait_policies=settings.trait_policies,
                 batch_events=settings.processor_batch_events,
+                derived=settings.processor_derived,
                 delivery_max_age_seconds=settings.delivery_max_age_seconds,
             ),
             activate=activate,
@@ -177,13 +199,15 @@ class Pipeline:
         before_write: Callable[[], None] | None = None,
         evaluate_all: bool = False,
         fan_out: bool = False,
+        derive: bool = True,
     ) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile.
 
         Everything is read and decided before the first write; `before_write` runs then
         (on SQLite it takes the write lock, so ingest waits only for the flush). With
         `fan_out`, the events, trait changes and audience changes go to the outbox too
-        (not when an unmerge replays events that were sent already)."""
+        (not when an unmerge replays events that were sent already). Without `derive`,
+        only the main stage: computed traits and audiences are left to `derive_rows`."""
         self.batch_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
@@ -200,7 +224,9 @@ class Pipeline:
         self._merges = []
         for item in batch:
             self._apply(item, graph_state, profile_state)
-        derived = self._derive(conn, batch, graph_state, profile_state, evaluate_all)
+        derived = (
+            self._derive(conn, batch, graph_state, profile_state, evaluate_all) if derive else None
+        )
         if before_write is not None:
             before_write()
         graph_state.flush(conn)
@@ -212,7 +238,7 @@ class Pipeline:
             for seq, pid in profile_state.attribution
         ]
         if fan_out:
-            self._fan_out(conn, batch, attributed, graph_state, profile_state)
+            self._fan_out(conn, batch, attributed, graph_state, profile_state, changes=derive)
         return attributed
 
     def _fan_out(
@@ -222,7 +248,12 @@ class Pipeline:
         attributed: list[tuple[int, str | None]],
         graph_state: IdentityBatch,
         profile_state: ProfileBatch,
+        *,
+        changes: bool,
     ) -> None:
+        """Queue the batch's events and trait changes; with `changes` (the transaction
+        holds the derived stage's position, the writer of audience changes), the audience
+        changes committed since the last call too."""
         fanout = self.fanout(conn)
         if fanout is not None:
             if fanout.catalog.wants_events:
@@ -245,7 +276,8 @@ class Pipeline:
                 last = batch[-1].row.seq
                 for pid, traits in changed.items():
                     fanout.traits(person=pid, message_id=f"traits-{last}-{pid}", changed=traits)
-        fanout_stage.fan_out_changes(conn, fanout)
+        if changes:
+            fanout_stage.fan_out_changes(conn, fanout)
         if fanout is not None:
             fanout.flush(conn)
 
@@ -257,40 +289,78 @@ class Pipeline:
         profile_state: ProfileBatch,
         evaluate_all: bool,
     ) -> DerivedState | None:
-        """Computed traits and audiences for the profiles this batch touched."""
+        """Computed traits and audiences for the profiles this batch touched, from the
+        main stage's working set (the inline mode)."""
         catalog = self.catalog(conn)
         if not catalog.traits and not catalog.audiences:
             return None
         final = graph_state.resolve_id
+        owners = {seq: final(pid) for seq, pid in profile_state.attribution if pid is not None}
+        merges = [(final(survivor), absorbed) for survivor, absorbed in self._merges]
+        changed: dict[str, set[str]] = {}
+        for pid, name in profile_state.changed_traits:
+            changed.setdefault(final(pid), set()).add(name)
+
+        def facts(derived: DerivedState, touched: set[str]) -> None:
+            for pid in touched:
+                derived.set_traits(
+                    pid, {name: value.value for name, value in profile_state.traits[pid].items()}
+                )
+                derived.consent[pid] = {
+                    category: choice.granted
+                    for category, choice in profile_state.consent[pid].items()
+                }
+
+        return self._derive_events(
+            conn,
+            catalog,
+            batch,
+            owners=owners,
+            merges=merges,
+            fresh={final(pid) for pid in profile_state.created},
+            changed=changed,
+            consent_changed={final(pid) for pid, _ in profile_state.changed_consent},
+            facts=facts,
+            evaluate_all=evaluate_all,
+        )
+
+    def _derive_events(
+        self,
+        conn: Connection,
+        catalog: Catalog,
+        batch: list[_Event],
+        *,
+        owners: dict[int, str],
+        merges: list[tuple[str, str]],
+        fresh: set[str],
+        changed: dict[str, set[str]],
+        consent_changed: set[str],
+        facts: Callable[[DerivedState, set[str]], None],
+        evaluate_all: bool,
+    ) -> DerivedState:
+        """The derived stage proper, whichever stage feeds it: `owners` maps each event's
+        seq to its final profile, `merges` are (final survivor, absorbed) in log order,
+        `fresh` profiles are evaluated for every audience, `changed` names the traits
+        that may have changed per profile, and `facts` loads the touched profiles' traits
+        and consent into the state."""
         derived = DerivedState(catalog, self.clock())
-        owners = {seq: pid for seq, pid in profile_state.attribution if pid is not None}
         touched: dict[str, str] = {}  # final profile → the message id of its last event
         for item in batch:
             pid = owners.get(item.row.seq)
             if pid is not None:
-                touched[final(pid)] = item.row.message_id
-        merges = [(final(survivor), absorbed) for survivor, absorbed in self._merges]
+                touched[pid] = item.row.message_id
         derived.load(conn, set(touched) | {absorbed for _, absorbed in merges})
-        fresh = {final(pid) for pid in profile_state.created}
+        fresh = set(fresh)
         for survivor, absorbed in merges:
             derived.absorb(survivor=survivor, absorbed=absorbed)
             fresh.add(survivor)
         for item in batch:
             pid = owners.get(item.row.seq)
             if pid is not None:
-                derived.observe(final(pid), item.payload, at=item.row.timestamp, seq=item.row.seq)
+                derived.observe(pid, item.payload, at=item.row.timestamp, seq=item.row.seq)
         derived.settle_values()
-        changed: dict[str, set[str]] = {}
-        for pid, name in profile_state.changed_traits:
-            changed.setdefault(final(pid), set()).add(name)
-        consent_changed = {final(pid) for pid, _ in profile_state.changed_consent}
+        facts(derived, set(touched))
         for pid, message_id in touched.items():
-            derived.set_traits(
-                pid, {name: value.value for name, value in profile_state.traits[pid].items()}
-            )
-            derived.consent[pid] = {
-                category: choice.granted for category, choice in profile_state.consent[pid].items()
-            }
             affected = derived.affected(
                 pid,
                 traits=changed.get(pid, set()),
@@ -300,6 +370,76 @@ class Pipeline:
             if affected:
                 derived.evaluate(pid, affected, f"event:{message_id}")
         return derived
+
+    def derive_rows(self, conn: Connection, rows: list[Any]) -> DerivedState | None:
+        """The derived stage for `rows` (events in log order) that the main stage applied
+        already (the separate mode): attribution, merges and traits come from the store,
+        as the main stage committed them. A profile is resolved to its current survivor,
+        so events the main stage has since merged go straight to the merged profile.
+
+        Traits are the profile's current ones, which may be ahead of `rows`; the traits an
+        event names count as changed (a superset of what changed, which is always safe to
+        re-evaluate), so every state converges to what the inline mode reaches."""
+        catalog = self.catalog(conn)
+        if not catalog.traits and not catalog.audiences:
+            return None
+        first, last = rows[0].seq, rows[-1].seq
+        attributed = {
+            int(seq): str(pid)
+            for seq, pid in conn.execute(
+                sa.select(event_profiles.c.seq, event_profiles.c.profile_id).where(
+                    event_profiles.c.seq >= first,
+                    event_profiles.c.seq <= last,
+                    event_profiles.c.profile_id.is_not(None),
+                )
+            )
+        }
+        merged = list(
+            conn.execute(
+                sa.select(profile_merges.c.survivor_id, profile_merges.c.absorbed_id)
+                .where(profile_merges.c.seq >= first, profile_merges.c.seq <= last)
+                .order_by(profile_merges.c.seq, profile_merges.c.id)
+            )
+        )
+        final = _current_survivors(
+            conn, set(attributed.values()) | {row.survivor_id for row in merged}
+        )
+        owners = {seq: final.get(pid, pid) for seq, pid in attributed.items()}
+        fresh = {owners[seq] for seq, pid in attributed.items() if pid == graph.profile_id_for(seq)}
+        changed: dict[str, set[str]] = {}
+        consent_changed: set[str] = set()
+        batch: list[_Event] = []
+        for row in rows:
+            payload = orjson.loads(row.payload)
+            batch.append(_Event(row, payload, []))
+            pid = owners.get(row.seq)
+            if pid is None:
+                continue
+            names = _trait_names_in(payload)
+            if names:
+                changed.setdefault(pid, set()).update(names)
+            context = payload.get("context")
+            consent = context.get("consent") if isinstance(context, dict) else None
+            if isinstance(consent, dict) and isinstance(consent.get("categoryPreferences"), dict):
+                consent_changed.add(pid)
+
+        def facts(derived: DerivedState, touched: set[str]) -> None:
+            derived.load_traits(conn, touched)
+
+        return self._derive_events(
+            conn,
+            catalog,
+            batch,
+            owners=owners,
+            merges=[
+                (final.get(row.survivor_id, row.survivor_id), row.absorbed_id) for row in merged
+            ],
+            fresh=fresh,
+            changed=changed,
+            consent_changed=consent_changed,
+            facts=facts,
+            evaluate_all=False,
+        )
 
     def _parse(self, row: Any) -> _Event:
         payload = orjson.loads(row.payload)
@@ -354,6 +494,29 @@ class Pipeline:
             )
         profile_state.touch(profile_id, at=row.timestamp)
         profile_state.attribute(row.seq, profile_id)
+
+
+def _trait_names_in(payload: dict[str, Any]) -> set[str]:
+    """The profile traits an event may set (identify's traits, and context.traits)."""
+    names: set[str] = set()
+    traits = payload.get("traits")
+    if payload.get("type") == "identify" and isinstance(traits, dict):
+        names.update(traits)
+    context = payload.get("context")
+    context_traits = context.get("traits") if isinstance(context, dict) else None
+    if isinstance(context_traits, dict):
+        names.update(context_traits)
+    return names
+
+
+def _current_survivors(conn: Connection, profile_ids: set[str]) -> dict[str, str]:
+    """Each profile's current survivor (`merged_into` is kept pointing at the last one)."""
+    final: dict[str, str] = {}
+    for chunk in chunked(sorted(profile_ids)):
+        query = sa.select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id.in_(chunk))
+        for row in conn.execute(query):
+            final[row.id] = row.merged_into or row.id
+    return final
 
 
 def _event_columns() -> sa.Select[Any]:
@@ -450,10 +613,13 @@ def _lock_position(conn: Connection, name: str) -> _Claim:
 def run_once(
     engine: Engine, pipeline: Pipeline, *, name: str = MAIN, limit: int | None = None
 ) -> int:
-    """Apply the next batch of events in one transaction; return how many were applied."""
+    """Apply the next batch of events through the main stage in one transaction, and
+    through the derived stage too when it is inline and in step; return how many were
+    applied."""
     limit = limit or pipeline.config.batch_events
     with engine.begin() as conn:
-        claim = _claim(conn, name, lock=conn.dialect.name == "postgresql")
+        lock = conn.dialect.name == "postgresql"
+        claim = _claim(conn, name, lock=lock)
         rows = list(
             conn.execute(
                 _event_columns()
@@ -464,8 +630,19 @@ def run_once(
         )
         if not rows:
             return 0
+        derived: _Claim | None = None
+        if pipeline.config.derived == "inline" and name == MAIN:
+            derived = _claim(conn, DERIVED, lock=lock)
+            if derived.position != claim.position:
+                derived = None  # behind (it ran separately): `run_derived_once` catches up
+
+        def before_write() -> None:
+            _confirm(conn, claim)
+            if derived is not None:
+                _confirm(conn, derived)
+
         attributed = pipeline.apply_batch(
-            conn, rows, before_write=lambda: _confirm(conn, claim), fan_out=True
+            conn, rows, before_write=before_write, fan_out=True, derive=derived is not None
         )
         missing = sum(1 for _, pid in attributed if pid is None)
         _count_drops(conn, pipeline.batch_drops)
@@ -474,13 +651,81 @@ def run_once(
             .where(processor_state.c.name == name)
             .values(position=rows[-1].seq, unattributed_events=claim.unattributed + missing)
         )
+        if derived is not None:
+            _set_position(conn, DERIVED, rows[-1].seq)
         return len(rows)
 
 
-def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> int:
-    """One step of the work that is not a batch of events, holding the position like a
-    batch: a chunk of a computed trait's backfill, or of an audience's build, and the
-    re-evaluations time has made due. Returns how much was done (0: nothing waits)."""
+def _set_position(conn: Connection, name: str, position: int) -> None:
+    conn.execute(
+        sa.update(processor_state).where(processor_state.c.name == name).values(position=position)
+    )
+
+
+def _position(conn: Connection, name: str) -> int:
+    found = conn.execute(
+        sa.select(processor_state.c.position).where(processor_state.c.name == name)
+    ).scalar()
+    return int(found or 0)
+
+
+def run_derived_once(engine: Engine, pipeline: Pipeline, *, limit: int | None = None) -> int:
+    """Apply the derived stage (computed traits, audiences, audience changes for
+    destinations) to the next batch of events the main stage has applied; return how
+    many events it moved past (0: it is level with the main stage)."""
+    limit = limit or pipeline.config.batch_events
+    with engine.begin() as conn:
+        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+        head = _position(conn, MAIN)
+        if claim.position >= head:
+            return 0
+        before = claim.position
+        _derive_range(conn, pipeline, claim, head=head, limit=limit)
+        return claim.position - before
+
+
+def _derive_range(
+    conn: Connection, pipeline: Pipeline, claim: _Claim, *, head: int, limit: int
+) -> None:
+    """Derive up to `limit` events after `claim`'s position (no further than `head`),
+    commit nothing, and move `claim.position` on (the caller's transaction holds it)."""
+    rows = list(
+        conn.execute(
+            _event_columns()
+            .where(events.c.seq > claim.position, events.c.seq <= head)
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+    )
+    derived = pipeline.derive_rows(conn, rows) if rows else None
+    _confirm(conn, claim)
+    if derived is not None:
+        derived.flush(conn)
+    pipeline.fan_out_changes(conn)
+    # No rows: the events up to `head` are gone (retention), nothing is left to derive.
+    claim.position = rows[-1].seq if len(rows) == limit else head
+    _set_position(conn, DERIVED, claim.position)
+
+
+def catch_up_derived(conn: Connection, pipeline: Pipeline) -> int:
+    """In the caller's transaction, which holds the main position: hold the derived one
+    and derive every event the main stage has applied (an unmerge needs both stages level
+    before it re-derives a cluster). Returns the events derived."""
+    head = _position(conn, MAIN)
+    claim = _lock_position(conn, DERIVED)
+    derived = 0
+    while claim.position < head:
+        before = claim.position
+        _derive_range(conn, pipeline, claim, head=head, limit=pipeline.config.batch_events)
+        derived += claim.position - before
+    return derived
+
+
+def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = DERIVED) -> int:
+    """One step of the work that is not a batch of events, holding the derived position
+    like a batch: a chunk of a computed trait's backfill (up to that position), or of an
+    audience's build, and the re-evaluations time has made due. Returns how much was done
+    (0: nothing waits)."""
     with engine.begin() as conn:
         claim = _claim(conn, name, lock=conn.dialect.name == "postgresql")
         catalog = pipeline.catalog(conn)
@@ -498,7 +743,10 @@ def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = MAIN) -> 
         elif building:  # in dependency order; its computed traits are ready by now
             build_step(conn, catalog, building[0], now=now)
             done += 1
-        done += run_due(conn, catalog, now)
+        # Reloaded: a backfill made traits ready and a build moved its cursor, and the
+        # re-evaluations below must see a building audience as live for the profiles the
+        # build has passed (`AudienceEntry.live_for`).
+        done += run_due(conn, pipeline.catalog(conn), now)
         pipeline.fan_out_changes(conn)
         return done + (1 if changes else 0)
 
@@ -595,14 +843,15 @@ DERIVED_TABLES = (
 )
 
 
-def reset_derived_state(conn: Connection, *, name: str = MAIN) -> None:
-    """Forget everything derived from the log; the processor then re-derives it from seq 0."""
-    _lock_position(conn, name)
+def reset_derived_state(conn: Connection) -> None:
+    """Forget everything derived from the log; both stages then re-derive it from seq 0."""
+    _lock_position(conn, MAIN)
+    _lock_position(conn, DERIVED)
     for table in DERIVED_TABLES:
         conn.execute(sa.text(f"DELETE FROM {table}"))
     conn.execute(
         sa.update(processor_state)
-        .where(processor_state.c.name == name)
+        .where(processor_state.c.name.in_([MAIN, DERIVED]))
         .values(position=0, unattributed_events=0)
     )
     fanout_stage.set_changes_position(conn, 0)  # the change stream starts again from 1
@@ -612,8 +861,13 @@ def reset_derived_state(conn: Connection, *, name: str = MAIN) -> None:
     conn.execute(audiences.update().values(status=BUILDING, build_cursor="", built_profiles=0))
 
 
+STAGES = (MAIN, DERIVED)
+
+
 class Processor:
-    """Runs `run_once` in a background thread until stopped; `wake()` says events arrived."""
+    """Runs the processor's stages in a background thread until stopped: `run_once` for
+    the main stage, `run_derived_once` and `run_maintenance` for the derived one; `wake()`
+    says events arrived."""
 
     def __init__(
         self,
@@ -622,13 +876,20 @@ class Processor:
         *,
         poll_seconds: float = 0.2,
         on_applied: Callable[[], None] | None = None,
+        stages: tuple[str, ...] = STAGES,
     ) -> None:
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise ValueError(f"stages must be some of {STAGES}, not {stages}")
         self._engine = engine
         # Called after every transaction that did something (the delivery worker in the
         # same process then looks at the outbox at once).
         self._on_applied = on_applied
         self._pipeline = pipeline
-        self._poll = poll_seconds
+        self._stages = stages
+        # A worker running only the derived stage is not woken by the main stage's
+        # commits (another process): it looks more often.
+        self._poll = poll_seconds if MAIN in stages else min(poll_seconds, 0.05)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -654,45 +915,63 @@ class Processor:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _steps(self) -> list[tuple[str, str, Callable[[], int]]]:
+        engine, pipeline = self._engine, self._pipeline
+        steps: list[tuple[str, str, Callable[[], int]]] = []
+        if MAIN in self._stages:
+            steps.append((MAIN, "processor.batch_failed", lambda: run_once(engine, pipeline)))
+        if DERIVED in self._stages:
+            steps.append(
+                (DERIVED, "processor.batch_failed", lambda: run_derived_once(engine, pipeline))
+            )
+            steps.append(
+                (
+                    DERIVED,
+                    "processor.maintenance_failed",
+                    lambda: run_maintenance(engine, pipeline),
+                )
+            )
+        return steps
+
     def _run(self) -> None:
         backoff = self._poll
+        steps = self._steps()
         while not self._stop.is_set():
-            try:
-                applied = run_once(self._engine, self._pipeline)
-            except PositionMoved:
-                continue
-            except Exception as exc:
-                self.failures += 1
-                event(log, logging.ERROR, "processor.batch_failed", error=repr(exc)[:500])
-                record_failure(self._engine, exc)
+            done = 0
+            failed = False
+            for stage, failure, step in steps:
+                try:
+                    applied = step()
+                except PositionMoved:
+                    done += 1  # another processor moved on: look again at once
+                    continue
+                except Exception as exc:
+                    self.failures += 1
+                    event(log, logging.ERROR, failure, stage=stage, error=repr(exc)[:500])
+                    record_failure(self._engine, exc, name=stage)
+                    failed = True
+                    break
+                if stage == MAIN:
+                    self.applied += applied
+                done += applied
+            if failed:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = self._poll
-            self.applied += applied
-            try:
-                maintained = run_maintenance(self._engine, self._pipeline)
-            except PositionMoved:
-                continue
-            except Exception as exc:
-                self.failures += 1
-                event(log, logging.ERROR, "processor.maintenance_failed", error=repr(exc)[:500])
-                record_failure(self._engine, exc)
-                self._stop.wait(backoff)
-                continue
-            if (applied or maintained) and self._on_applied is not None:
+            if done and self._on_applied is not None:
                 self._on_applied()
-            if applied == 0 and maintained == 0:
+            if not done:
                 self._wake.wait(self._poll)
                 self._wake.clear()
 
 
 def wait_until_caught_up(engine: Engine, *, timeout: float = 30.0) -> None:
-    """Block until the processor has applied every event in the log (tests, demo)."""
+    """Block until both stages have applied every event in the log (tests, demo)."""
     deadline = time.monotonic() + timeout
     while True:
         with engine.connect() as conn:
-            if lag(conn).events == 0:
+            if lag(conn).events == 0 and lag(conn, name=DERIVED).events == 0:
                 return
         if time.monotonic() > deadline:
             raise TimeoutError("the processor did not catch up")
@@ -712,13 +991,16 @@ def unmerge(
 ) -> Unmerged:
     """Split a wrong merge: block the pair, then re-derive the cluster from its events.
 
-    Runs in the caller's transaction, holding the processor's position so no batch runs
-    meanwhile. The cluster's derived state is deleted and its events replayed in log order
-    through the same pipeline; the block keeps the pair apart, so the absorbed profile comes
-    back under its old id (ids derive from the events that created them). `tessera rebuild`
-    keeps blocks, so it reaches the same split.
+    Runs in the caller's transaction, holding both stages' positions so no batch runs
+    meanwhile (a derived stage running separately is first brought level with the main
+    one, so the replay below derives each event once). The cluster's derived state is
+    deleted and its events replayed in log order through the same pipeline; the block
+    keeps the pair apart, so the absorbed profile comes back under its old id (ids derive
+    from the events that created them). `tessera rebuild` keeps blocks, so it reaches the
+    same split.
     """
     _lock_position(conn, MAIN)
+    catch_up_derived(conn, pipeline)
     merge = conn.execute(sa.select(profile_merges).where(profile_merges.c.id == merge_id)).first()
     cluster = [profile_id] + [
         pid

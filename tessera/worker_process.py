@@ -59,11 +59,23 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """Starts, wakes, supervises and stops one `tessera worker --wake-stdin` child."""
+    """Starts, wakes, supervises and stops one `tessera worker --wake-stdin` child; with
+    `processor_derived = "separate"`, a second one for the derived stage beside it
+    (`derived`, which has no delivery worker: the first child delivers)."""
 
-    def __init__(self, settings: Settings, *, restart_delay: float = 1.0) -> None:
+    def __init__(
+        self, settings: Settings, *, restart_delay: float = 1.0, stage: str = "all"
+    ) -> None:
         self._settings = settings
         self._restart_delay = restart_delay
+        self._command = [sys.executable, "-m", "tessera", "worker", "--wake-stdin"]
+        self.derived: WorkerProcess | None = None
+        if stage == "all" and settings.processor_derived == "separate":
+            stage = "main"
+            self.derived = WorkerProcess(settings, restart_delay=restart_delay, stage="derived")
+        self._command += ["--stage", stage]
+        if stage == "derived":
+            self._command.append("--no-delivery")
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -73,7 +85,8 @@ class WorkerProcess:
     @property
     def running(self) -> bool:
         child = self._child
-        return child is not None and child.poll() is None
+        alive = child is not None and child.poll() is None
+        return alive and (self.derived is None or self.derived.running)
 
     @property
     def pid(self) -> int | None:
@@ -81,6 +94,8 @@ class WorkerProcess:
         return child.pid if child is not None else None
 
     def start(self) -> None:
+        if self.derived is not None:
+            self.derived.start()
         self._stop.clear()
         self._spawn()
         self._supervisor = threading.Thread(
@@ -91,7 +106,7 @@ class WorkerProcess:
     def _spawn(self) -> None:
         environment = {**os.environ, **settings_environment(self._settings)}
         child = subprocess.Popen(
-            [sys.executable, "-m", "tessera", "worker", "--wake-stdin"],
+            self._command,
             stdin=subprocess.PIPE,
             env=environment,
         )
@@ -99,7 +114,7 @@ class WorkerProcess:
         os.set_blocking(child.stdin.fileno(), False)
         with self._lock:
             self._child = child
-        event(log, logging.INFO, "processor.child_started", pid=child.pid)
+        event(log, logging.INFO, "processor.child_started", pid=child.pid, args=self._command[3:])
 
     def _supervise(self) -> None:
         delay = self._restart_delay
@@ -122,6 +137,8 @@ class WorkerProcess:
 
     def wake(self) -> None:
         """Called by the log writer after each commit; never blocks it."""
+        if self.derived is not None:
+            self.derived.wake()
         child = self._child
         if child is None or child.stdin is None:
             return
@@ -130,6 +147,8 @@ class WorkerProcess:
             os.write(child.stdin.fileno(), b"w")
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self.derived is not None:
+            self.derived.stop(timeout)
         self._stop.set()
         with self._lock:
             child, self._child = self._child, None

@@ -30,6 +30,14 @@ class AudienceEntry:
     status: str
     build_cursor: str
 
+    def live_for(self, profile_id: str) -> bool:
+        """Maintained in real time for this profile: ready, or building and past it (the
+        build evaluated it already, so what changes it since must be evaluated as it
+        happens: the build will not come back to it)."""
+        if self.status == READY:
+            return True
+        return self.status == BUILDING and profile_id <= self.build_cursor
+
 
 @dataclass
 class Catalog:
@@ -89,6 +97,8 @@ def catalog_version(conn: Connection) -> tuple[Any, ...]:
             sa.func.max(audiences.c.updated_at),
             sa.func.sum(audiences.c.built_profiles),
             sa.func.sum(sa.case((audiences.c.status == READY, 1), else_=0)),
+            # A build step's chunk may hold no surviving profile: the cursor moves anyway.
+            sa.func.max(sa.case((audiences.c.status == BUILDING, audiences.c.build_cursor))),
         )
     ).one()
     return (*traits_row, *audiences_row)

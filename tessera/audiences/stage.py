@@ -301,7 +301,7 @@ class DerivedState:
             if audience_id not in pending:
                 continue
             entry = self.catalog.audiences[audience_id]
-            if ready_only and entry.status != READY:
+            if ready_only and not entry.live_for(profile_id):
                 continue
             mine = self.members[profile_id]
             facts = ProfileFacts(

@@ -33,7 +33,8 @@ profile_merges = sa.Table(
     sa.Column("rule", sa.String(32), nullable=False),
     # The identifiers of the event that linked the two, as a JSON list of "type:value".
     sa.Column("identifiers", sa.Text, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
+    # Indexed: a separate derived stage reads the merges of each range of the log.
+    sa.Column("seq", sa.BigInteger, nullable=False, index=True),
     sa.Column("message_id", sa.String(255), nullable=False),
     sa.Column("merged_at", UtcDateTime, nullable=False),
 )

@@ -135,7 +135,7 @@ def test_events_with_only_blocked_identifiers_are_counted_not_guessed(engine: En
     assert [attribution[seq] for seq in sorted(attribution)] == [None, None, None, "prf_4"]
     with engine.connect() as conn:
         unattributed = conn.execute(
-            sa.text("SELECT unattributed_events FROM processor_state")
+            sa.text("SELECT unattributed_events FROM processor_state WHERE name = 'main'")
         ).scalar()
         assert lag(conn).events == 0
     assert unattributed == 3
