@@ -117,3 +117,52 @@ def test_settings_reach_the_child_unchanged(settings: Settings) -> None:
         for key in environment:
             os.environ.pop(key)
     assert again.model_dump() == custom.model_dump()
+
+
+@pytest.fixture
+def live_stages(settings: Settings, engine: Engine) -> Iterator[LiveTessera]:
+    child_settings = settings.model_copy(
+        update={"processor_mode": "process", "processor_derived": "separate"}
+    )
+    yield from start_live(child_settings, engine)
+
+
+def test_separate_stages_run_in_two_children(live_stages: LiveTessera, engine: Engine) -> None:
+    """With processor_derived=separate, serve starts a child per stage: the main one
+    resolves and profiles, the derived one maintains computed traits and audiences; the
+    audience shows on the profile and /readyz reports both stages."""
+    from tessera.audiences import service
+
+    worker = child_of(live_stages)
+    assert worker.derived is not None and worker.derived.pid not in (None, worker.pid)
+    with engine.begin() as conn:
+        service.create_computed_trait(
+            conn, document={"name": "views", "kind": "count", "event": {"name": "Viewed"}}
+        )
+        audience = service.create_audience(
+            conn,
+            name="viewers",
+            description="",
+            document={"computed": "views", "op": "gte", "value": 3},
+            actor=None,
+        )
+    track(live_stages, "stages-1", 2)
+    track(live_stages, "stages-2", 4)
+    wait_until_caught_up(live_stages.engine, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{live_stages.url}/readyz", timeout=10).json()["processor"]
+        with engine.connect() as conn:
+            page, _ = service.list_members(conn, audience_id=audience["id"], cursor=None, limit=10)
+        if page and ready["derived"]["lag_events"] == 0:
+            break
+        time.sleep(0.1)
+    assert ready["derived"]["position"] == ready["position"]
+    with engine.connect() as conn:
+        from tessera.identity.config import IdentityRules
+        from tessera.profiles.views import resolve_reference
+
+        member = resolve_reference(conn, "user_id:stages-2", IdentityRules())
+    assert [item["profile_id"] for item in page] == [member]
+    metrics = httpx.get(f"{live_stages.url}/metrics", timeout=10).text
+    assert "tessera_processor_derived_lag_events 0" in metrics

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from tessera.activation import service as activation_service
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
-from tessera.processor import dropped_counts, health, lag
+from tessera.processor import DERIVED, dropped_counts, health, lag
 from tessera.processor_models import processor_state
 from tessera.store import current_revision, head_revision
 from tessera.worker_process import ProcessorHandle
@@ -38,7 +38,9 @@ def create_router(
                 current = current_revision(conn)
                 log_head = head_position(conn)
                 behind = lag(conn) if current == head else None
+                derived = lag(conn, name=DERIVED) if current == head else None
                 state = health(conn) if current == head else None
+                derived_state = health(conn, name=DERIVED) if current == head else None
         except sa.exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             return 503, {"status": "unavailable", "database": f"unreachable: {reason}"}
@@ -61,6 +63,14 @@ def create_router(
             "last_error_at": state.last_error_at.isoformat()
             if state and state.last_error_at
             else None,
+            # Computed traits and audiences: level with the main stage when inline.
+            "derived": {
+                "position": derived.position if derived else None,
+                "lag_events": derived.events if derived else None,
+                "oldest_waiting_seconds": derived.oldest_age_seconds if derived else None,
+                "failed_batches": derived_state.failed_batches if derived_state else None,
+                "last_error": derived_state.last_error if derived_state else None,
+            },
         }
         if current != head:
             body["status"] = "migrations_pending"
@@ -79,6 +89,7 @@ def create_router(
     def metrics_text() -> str:
         with engine.connect() as conn:
             behind = lag(conn)
+            derived = lag(conn, name=DERIVED)
             state = health(conn)
             dropped = dropped_counts(conn)
             destinations = activation_service.metrics(conn)
@@ -128,6 +139,24 @@ def create_router(
                 "gauge",
                 "Age of the oldest event not yet applied.",
                 behind.oldest_age_seconds or 0.0,
+            ),
+            (
+                "tessera_processor_derived_position",
+                "gauge",
+                "The last log position computed traits and audiences were applied to.",
+                derived.position,
+            ),
+            (
+                "tessera_processor_derived_lag_events",
+                "gauge",
+                "Events in the log not yet applied to computed traits and audiences.",
+                derived.events,
+            ),
+            (
+                "tessera_processor_derived_oldest_waiting_seconds",
+                "gauge",
+                "Age of the oldest event not yet applied to computed traits and audiences.",
+                derived.oldest_age_seconds or 0.0,
             ),
             (
                 "tessera_processor_unattributed_events_total",
