@@ -409,12 +409,24 @@ class Pipeline:
         changed: dict[str, set[str]] = {}
         consent_changed: set[str] = set()
         batch: list[_Event] = []
+        any_name = None in catalog.traits_by_event
         for row in rows:
-            payload = orjson.loads(row.payload)
-            batch.append(_Event(row, payload, []))
             pid = owners.get(row.seq)
             if pid is None:
                 continue
+            # Most events feed no computed trait and carry no trait or consent: those are
+            # neither parsed nor loaded (unless they created their profile).
+            raw = row.payload
+            if not (
+                any_name
+                or row.name in catalog.traits_by_event
+                or row.type == "identify"
+                or pid in fresh
+                or _may_carry_traits(raw)
+            ):
+                continue
+            payload = orjson.loads(raw)
+            batch.append(_Event(row, payload, []))
             names = _trait_names_in(payload)
             if names:
                 changed.setdefault(pid, set()).update(names)
@@ -507,6 +519,14 @@ def _trait_names_in(payload: dict[str, Any]) -> set[str]:
     if isinstance(context_traits, dict):
         names.update(context_traits)
     return names
+
+
+def _may_carry_traits(raw: str | bytes) -> bool:
+    """False when a raw payload certainly has no `traits` and no `consent` key."""
+    if isinstance(raw, str):
+        return '"traits"' in raw or '"consent"' in raw
+    data = bytes(raw)
+    return b'"traits"' in data or b'"consent"' in data
 
 
 def _current_survivors(conn: Connection, profile_ids: set[str]) -> dict[str, str]:
@@ -692,6 +712,7 @@ def _derive_range(
     rows = list(
         conn.execute(
             _event_columns()
+            .add_columns(events.c.type, events.c.name)
             .where(events.c.seq > claim.position, events.c.seq <= head)
             .order_by(events.c.seq)
             .limit(limit)
