@@ -58,6 +58,18 @@ def _after(cursor: str) -> int:
         raise BadRequest(f"cursor {cursor[:40]!r} is not one this API gave out") from None
 
 
+def _utc(name: str, moment: datetime | None) -> datetime | None:
+    """`moment` in UTC (without a zone it is UTC); BadRequest when UTC cannot hold it."""
+    if moment is None:
+        return None
+    try:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(
+            f"{name!r} is out of range once moved to UTC: {moment.isoformat()}"
+        ) from None
+
+
 def list_entries(
     conn: Connection,
     *,
@@ -70,6 +82,7 @@ def list_entries(
     limit: int = 100,
 ) -> dict[str, Any]:
     """Newest first, filtered, a page at a time."""
+    since, until = _utc("since", since), _utc("until", until)
     query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit + 1)
     if actor:
         query = query.where(audit_log.c.actor == actor)
