@@ -401,10 +401,10 @@ class Pipeline:
                 .order_by(profile_merges.c.seq, profile_merges.c.id)
             )
         )
-        final = _current_survivors(
-            conn, set(attributed.values()) | {row.survivor_id for row in merged}
-        )
-        owners = {seq: final.get(pid, pid) for seq, pid in attributed.items()}
+        # The main stage keeps `event_profiles` pointing at survivors (a merge repoints the
+        # absorbed profile's events in its transaction): the owners are final already.
+        owners = attributed
+        final = _current_survivors(conn, {row.survivor_id for row in merged}) if merged else {}
         fresh = {owners[seq] for seq, pid in attributed.items() if pid == graph.profile_id_for(seq)}
         changed: dict[str, set[str]] = {}
         consent_changed: set[str] = set()
@@ -427,6 +427,8 @@ class Pipeline:
                 continue
             payload = orjson.loads(raw)
             batch.append(_Event(row, payload, []))
+            if row.type != "identify" and not _may_carry_traits(raw):
+                continue
             names = _trait_names_in(payload)
             if names:
                 changed.setdefault(pid, set()).update(names)
