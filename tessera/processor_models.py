@@ -25,17 +25,20 @@ processor_state = sa.Table(
 )
 
 
-def hold_processor(conn: Connection, name: str = "main") -> None:
-    """Wait for and hold the processor's position row for the caller's transaction.
+def hold_processor(conn: Connection) -> None:
+    """Wait for and hold both processor stages' position rows for the caller's transaction.
 
     For writers outside the processor that append to a stream the processor consumes
-    in order (an audience deleted writes its members' exits): holding the row serialises
-    them with the processor, so no change can commit behind the activation cursor. On
-    SQLite the update takes the write lock, and bumps `version` so a processor's
-    optimistic claim is retried.
+    in order (an audience deleted writes its members' exits): holding the rows serialises
+    them with the processor, whichever stage runs where (the derived stage writes and
+    reads that stream), so no change can commit behind the activation cursor. The main
+    row first, then the derived one: the order every holder of both takes. On SQLite the
+    update takes the write lock, and bumps `version` so a processor's optimistic claim is
+    retried.
     """
-    conn.execute(
-        sa.update(processor_state)
-        .where(processor_state.c.name == name)
-        .values(version=processor_state.c.version + 1)
-    )
+    for name in ("main", "derived"):
+        conn.execute(
+            sa.update(processor_state)
+            .where(processor_state.c.name == name)
+            .values(version=processor_state.c.version + 1)
+        )
