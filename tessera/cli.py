@@ -340,9 +340,18 @@ def _first_admin(conn: Connection, settings: Settings) -> None:
 @app.command()
 def rebuild() -> None:
     """Re-derive every profile, identity cluster and trait from the event log."""
+    from dataclasses import replace
+
     from rich.progress import Progress
 
-    from tessera.processor import Pipeline, lag, reset_derived_state, run_maintenance, run_once
+    from tessera.processor import (
+        DERIVED,
+        Pipeline,
+        lag,
+        reset_derived_state,
+        run_maintenance,
+        run_once,
+    )
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -350,6 +359,8 @@ def rebuild() -> None:
         engine = _migrated_engine(settings)
         # Destinations have had these messages: the replay queues none of them again.
         pipeline = Pipeline.from_settings(settings, activate=False)
+        # One process replays both stages together, whatever the workers do day to day.
+        pipeline.config = replace(pipeline.config, derived="inline")
         with engine.begin() as conn:
             reset_derived_state(conn)
         with engine.connect() as conn:
@@ -362,9 +373,12 @@ def rebuild() -> None:
             while steps := run_maintenance(engine, pipeline):
                 progress.advance(audiences, steps)
         with engine.connect() as conn:
-            left = lag(conn)
+            left, derived = lag(conn), lag(conn, name=DERIVED)
         engine.dispose()
-    out.print(f"rebuilt derived state from {total} events (position {left.position})")
+    out.print(
+        f"rebuilt derived state from {total} events (position {left.position}, "
+        f"computed traits and audiences at {derived.position})"
+    )
 
 
 @app.command()
