@@ -66,8 +66,8 @@ What one run does:
    `profile_traits` and `profile_consent` hold what the processor would derive from the
    identify calls (latest value wins). Inserts are sqlite3 executemany / INSERT ... SELECT with
    journal_mode=OFF and synchronous=OFF while building, WAL after; `processor_state` says
-   everything is processed. Then, in a spawned process with the real code: `TARGET` is created
-   through the service, `run_maintenance` backfills its three implicit computed traits in one
+   everything is processed (both stages). Then, in a spawned process with the real code:
+   `TARGET` is created through the service, `run_maintenance` backfills its three implicit computed traits in one
    pass over all events (`backfill_step`, 20,000 events a step; events/s), then builds it
    (`build_step`, 10,000 profiles a step): seconds and profiles/s of that full recompute.
    Then `service.update_audience` changes its definition as a PATCH would (count >= 2 becomes
@@ -1073,11 +1073,12 @@ def build_store(
                         f"events, {time.perf_counter() - started:.0f} s",
                         flush=True,
                     )
-        db.execute(
-            "INSERT INTO processor_state (name, position, unattributed_events, updated_at, "
-            "version, failed_batches) VALUES ('main', ?, 0, ?, 0, 0)",
-            (base, _sql_time(received_iso_of(RECEIVED))),
-        )
+        for stage in ("main", "derived"):  # both stages are level with the log
+            db.execute(
+                "INSERT OR REPLACE INTO processor_state (name, position, unattributed_events, "
+                "updated_at, version, failed_batches) VALUES (?, ?, 0, ?, 0, 0)",
+                (stage, base, _sql_time(received_iso_of(RECEIVED))),
+            )
         db.execute("PRAGMA journal_mode=WAL")
         counts = {
             table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
