@@ -67,9 +67,10 @@ What one run does:
    identify calls (latest value wins). Inserts are sqlite3 executemany / INSERT ... SELECT with
    journal_mode=OFF and synchronous=OFF while building, WAL after; `processor_state` says
    everything is processed (both stages). Then, in a spawned process with the real code:
-   `TARGET` is created through the service, `run_maintenance` backfills its three implicit computed traits in one
-   pass over all events (`backfill_step`, 20,000 events a step; events/s), then builds it
-   (`build_step`, 10,000 profiles a step): seconds and profiles/s of that full recompute.
+   `TARGET` is created through the service, `run_maintenance` backfills its three implicit
+   computed traits in one pass over all events (`backfill_step`, 20,000 events a step;
+   events/s), then builds it (`build_step`, 10,000 profiles a step): seconds and profiles/s
+   of that full recompute.
    Then `service.update_audience` changes its definition as a PATCH would (count >= 2 becomes
    >= 3: same implicit traits, so no backfill) and the rebuild is timed the same way.
 4. DuckDB reference. The store's events (seq, type, name, timestamp, and the payload's
