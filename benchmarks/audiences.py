@@ -42,6 +42,12 @@ What one run does:
    own spawned process exactly as the `Processor` thread does it: `run_once` then
    `run_maintenance`, in a loop, batch size TESSERA_PROCESSOR_BATCH_EVENTS (2,000 by default).
    Store A is the reference measured in the same run: events/s of both, and B/A.
+   Store C, a copy of B made before its drain, is drained with the stages separate
+   (TESSERA_PROCESSOR_DERIVED=separate), in two spawned processes started together, as
+   `tessera worker --stage main` and `--stage derived` run them: the main one applies
+   `run_once` until the log is applied, the derived one `run_derived_once` and
+   `run_maintenance` until it is level with it. Events/s from the first start to the last
+   finish; C's memberships and computed values must equal B's (a check).
    In B's process the derived stage is timed by wrapping, in that process only:
    - `Pipeline._derive` (computed-trait observation for the batch's events, settling values,
      loading the touched profiles' derived state, and evaluating the affected audiences; the
