@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from tessera.audiences import service
 from tessera.processor import (
     DERIVED,
     MAIN,
@@ -272,3 +273,45 @@ def test_two_workers_one_per_stage_and_a_killed_derived_worker(
             for p in people
         }
     assert set(counts.values()) == {60}, counts
+
+
+def test_deleting_an_audience_while_the_derived_stage_lags(engine: Engine) -> None:
+    """The deletion holds both positions and writes its exits; the derived stage then
+    catches up without evaluating the deleted audience, and equals a rebuild."""
+    clock = Clock(T0 + timedelta(days=1))
+    pipe = separate(clock)
+    define(engine)
+    with engine.begin() as conn:
+        big = service.create_audience(
+            conn,
+            name="big spenders",
+            description="",
+            document={"computed": "spend", "op": "gt", "value": 100},
+            actor=None,
+        )
+    settle_derived(engine, pipe)
+    ingest(engine, [order("dan", 60, T0), order("dan", 70, T0)])
+    run_main(engine, pipe)
+    settle_derived(engine, pipe)
+    dan = profile_id(engine, "user_id:dan")
+
+    def changes() -> list[tuple[str, str]]:
+        with engine.connect() as conn:
+            query = "SELECT profile_id, change FROM audience_changes WHERE audience_id = :a"
+            return [tuple(row) for row in conn.execute(sa.text(query), {"a": big["id"]})]
+
+    assert changes() == [(dan, "entered")]
+    ingest(engine, [order("dan", 80, T0), order("eve", 500, T0)])
+    run_main(engine, pipe)
+    assert positions(engine)[DERIVED] < positions(engine)[MAIN]
+    with engine.begin() as conn:
+        service.delete_audience(conn, audience_id=big["id"])
+    settle_derived(engine, pipe)
+    assert changes() == [(dan, "entered"), (dan, "exited")]  # eve never enters it
+    with engine.connect() as conn:
+        assert computed_trait_values_of(conn, dan)["spend"]["value"] == 210
+    after = derived(engine)
+    with engine.begin() as conn:
+        reset_derived_state(conn)
+    settle(engine, make_pipeline(clock))
+    assert derived(engine) == after
