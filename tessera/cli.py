@@ -344,14 +344,8 @@ def rebuild() -> None:
 
     from rich.progress import Progress
 
-    from tessera.processor import (
-        DERIVED,
-        Pipeline,
-        lag,
-        reset_derived_state,
-        run_maintenance,
-        run_once,
-    )
+    from tessera.processor import Pipeline, lag, reset_derived_state, run_maintenance, run_once
+    from tessera.processor_models import DERIVED
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -60,7 +60,7 @@ from tessera.identity.graph import ordered_pair
 from tessera.identity.models import dropped_identifiers, identities, merge_blocks, profile_merges
 from tessera.ingest.models import sources
 from tessera.logs import event
-from tessera.processor_models import processor_state
+from tessera.processor_models import DERIVED, MAIN, processor_state
 from tessera.profiles.batch import ProfileBatch
 from tessera.profiles.models import (
     computed_trait_values,
@@ -76,8 +76,6 @@ from tessera.store.chunks import chunked
 from tessera.store.upsert import upsert
 
 log = logging.getLogger(__name__)
-MAIN = "main"
-DERIVED = "derived"
 
 
 @dataclass
@@ -87,7 +85,7 @@ class ProcessorConfig:
     batch_events: int = 2000
     # "inline": `run_once` applies computed traits and audiences in its transaction;
     # "separate": `run_derived_once` does, in a worker of its own.
-    derived: str = "inline"
+    derived: Literal["inline", "separate"] = "inline"
     # Messages queued for destinations are retried this long before they turn dead letters.
     delivery_max_age_seconds: float = 4 * 3600
 
@@ -384,7 +382,7 @@ class Pipeline:
         if not catalog.traits and not catalog.audiences:
             return None
         first, last = rows[0].seq, rows[-1].seq
-        attributed = {
+        owners = {
             int(seq): str(pid)
             for seq, pid in conn.execute(
                 sa.select(event_profiles.c.seq, event_profiles.c.profile_id).where(
@@ -403,9 +401,8 @@ class Pipeline:
         )
         # The main stage keeps `event_profiles` pointing at survivors (a merge repoints the
         # absorbed profile's events in its transaction): the owners are final already.
-        owners = attributed
         final = _current_survivors(conn, {row.survivor_id for row in merged}) if merged else {}
-        fresh = {owners[seq] for seq, pid in attributed.items() if pid == graph.profile_id_for(seq)}
+        fresh = {pid for seq, pid in owners.items() if pid == graph.profile_id_for(seq)}
         changed: dict[str, set[str]] = {}
         consent_changed: set[str] = set()
         batch: list[_Event] = []
@@ -416,25 +413,16 @@ class Pipeline:
                 continue
             # Most events feed no computed trait and carry no trait or consent: those are
             # neither parsed nor loaded (unless they created their profile).
-            raw = row.payload
-            if not (
-                any_name
-                or row.name in catalog.traits_by_event
-                or row.type == "identify"
-                or pid in fresh
-                or _may_carry_traits(raw)
-            ):
+            carries = row.type == "identify" or _may_carry_traits(row.payload)
+            if not (carries or any_name or row.name in catalog.traits_by_event or pid in fresh):
                 continue
-            payload = orjson.loads(raw)
+            payload = orjson.loads(row.payload)
             batch.append(_Event(row, payload, []))
-            if row.type != "identify" and not _may_carry_traits(raw):
+            if not carries:
                 continue
-            names = _trait_names_in(payload)
-            if names:
-                changed.setdefault(pid, set()).update(names)
-            context = payload.get("context")
-            consent = context.get("consent") if isinstance(context, dict) else None
-            if isinstance(consent, dict) and isinstance(consent.get("categoryPreferences"), dict):
+            for traits in _traits_set_by(payload):
+                changed.setdefault(pid, set()).update(traits)
+            if _consent_stated_by(payload) is not None:
                 consent_changed.add(pid)
 
         def facts(derived: DerivedState, touched: set[str]) -> None:
@@ -490,15 +478,11 @@ class Pipeline:
         graph_state.link(profile_id, resolution.new_identifiers, row.seq)
 
         provenance = Provenance(row.source_id, row.seq, row.message_id, row.timestamp)
-        if payload.get("type") == "identify" and isinstance(payload.get("traits"), dict):
-            profile_state.apply_traits(profile_id, payload["traits"], provenance)
-        context = payload.get("context") or {}
-        consent = context.get("consent") if isinstance(context, dict) else None
-        if isinstance(consent, dict) and isinstance(consent.get("categoryPreferences"), dict):
-            profile_state.apply_consent(profile_id, consent["categoryPreferences"], provenance)
-        context_traits = (payload.get("context") or {}).get("traits")
-        if isinstance(context_traits, dict) and context_traits:
-            profile_state.apply_traits(profile_id, context_traits, provenance)
+        for set_traits in _traits_set_by(payload):
+            profile_state.apply_traits(profile_id, set_traits, provenance)
+        preferences = _consent_stated_by(payload)
+        if preferences is not None:
+            profile_state.apply_consent(profile_id, preferences, provenance)
         account = group_id(payload, self.rules)
         if account is not None:
             raw_traits = payload.get("traits")
@@ -510,17 +494,26 @@ class Pipeline:
         profile_state.attribute(row.seq, profile_id)
 
 
-def _trait_names_in(payload: dict[str, Any]) -> set[str]:
-    """The profile traits an event may set (identify's traits, and context.traits)."""
-    names: set[str] = set()
+def _traits_set_by(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trait objects an event sets on its profile: identify's `traits`, then
+    `context.traits` (any call)."""
+    found: list[dict[str, Any]] = []
     traits = payload.get("traits")
     if payload.get("type") == "identify" and isinstance(traits, dict):
-        names.update(traits)
+        found.append(traits)
     context = payload.get("context")
     context_traits = context.get("traits") if isinstance(context, dict) else None
-    if isinstance(context_traits, dict):
-        names.update(context_traits)
-    return names
+    if isinstance(context_traits, dict) and context_traits:
+        found.append(context_traits)
+    return found
+
+
+def _consent_stated_by(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Segment's `context.consent.categoryPreferences`, when the event states them."""
+    context = payload.get("context")
+    consent = context.get("consent") if isinstance(context, dict) else None
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    return preferences if isinstance(preferences, dict) else None
 
 
 def _may_carry_traits(raw: str | bytes) -> bool:
@@ -744,13 +737,13 @@ def catch_up_derived(conn: Connection, pipeline: Pipeline) -> int:
     return derived
 
 
-def run_maintenance(engine: Engine, pipeline: Pipeline, *, name: str = DERIVED) -> int:
+def run_maintenance(engine: Engine, pipeline: Pipeline) -> int:
     """One step of the work that is not a batch of events, holding the derived position
     like a batch: a chunk of a computed trait's backfill (up to that position), or of an
     audience's build, and the re-evaluations time has made due. Returns how much was done
     (0: nothing waits)."""
     with engine.begin() as conn:
-        claim = _claim(conn, name, lock=conn.dialect.name == "postgresql")
+        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
         catalog = pipeline.catalog(conn)
         now = pipeline.clock()
         backfilling, building = pending_work(catalog)
@@ -835,10 +828,7 @@ def record_failure(engine: Engine, error: BaseException, *, name: str = MAIN) ->
 
 
 def lag(conn: Connection, *, name: str = MAIN) -> Lag:
-    position = conn.execute(
-        sa.select(processor_state.c.position).where(processor_state.c.name == name)
-    ).scalar()
-    position = int(position or 0)
+    position = _position(conn, name)
     waiting = conn.execute(
         sa.select(sa.func.count(), sa.func.min(events.c.received_at)).where(events.c.seq > position)
     ).one()

@@ -8,6 +8,11 @@ from sqlalchemy.engine import Connection
 from tessera.store.schema import metadata
 from tessera.store.types import UtcDateTime
 
+# The stages' rows (see tessera.processor): identity and profiles; computed traits and
+# audiences.
+MAIN = "main"
+DERIVED = "derived"
+
 processor_state = sa.Table(
     "processor_state",
     metadata,
@@ -36,7 +41,7 @@ def hold_processor(conn: Connection) -> None:
     update takes the write lock, and bumps `version` so a processor's optimistic claim is
     retried.
     """
-    for name in ("main", "derived"):
+    for name in (MAIN, DERIVED):
         conn.execute(
             sa.update(processor_state)
             .where(processor_state.c.name == name)
