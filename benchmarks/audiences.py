@@ -476,7 +476,7 @@ def _rss_mib() -> float:
 def _drain_main(database: str, instrument: bool, conn: Connection) -> None:  # noqa: PLR0915
     def work(conn: Connection) -> dict[str, Any]:  # noqa: PLR0915
         from tessera.audiences.stage import DerivedState
-        from tessera.processor import lag, run_maintenance, run_once
+        from tessera.processor import lag, run_maintenance, run_once, tune_gc_for_processing
 
         settings = _settings()
         engine = store_engine(Path(database), settings)
@@ -488,9 +488,9 @@ def _drain_main(database: str, instrument: bool, conn: Connection) -> None:  # n
         if instrument:
             original_derive = pipeline._derive
 
-            def timed_derive(c: Any, batch: list[Any], *rest: Any) -> Any:
+            def timed_derive(c: Any, batch: list[Any], *rest: Any, **options: Any) -> Any:
                 started = time.perf_counter()
-                result = original_derive(c, batch, *rest)
+                result = original_derive(c, batch, *rest, **options)
                 derive.append((time.perf_counter() - started, len(batch)))
                 return result
 
@@ -515,7 +515,7 @@ def _drain_main(database: str, instrument: bool, conn: Connection) -> None:  # n
             setattr(DerivedState, "flush", timed_flush)  # noqa: B010
         with engine.connect() as db:
             waiting = lag(db).events
-        gc.collect()
+        tune_gc_for_processing()  # as `tessera worker` does
         conn.send(("ready", {"pid": os.getpid(), "waiting": waiting}))
         conn.recv()  # "go", once a profiler (if any) is attached
         batches: list[float] = []
@@ -578,14 +578,21 @@ def _stage_main(database: str, stage: str, conn: Connection) -> None:
     with a finished main stage."""
 
     def work(conn: Connection) -> dict[str, Any]:
-        from tessera.processor import DERIVED, lag, run_derived_once, run_maintenance, run_once
+        from tessera.processor import (
+            DERIVED,
+            lag,
+            run_derived_once,
+            run_maintenance,
+            run_once,
+            tune_gc_for_processing,
+        )
 
         settings = _settings().model_copy(update={"processor_derived": "separate"})
         engine = store_engine(Path(database), settings)
         pipeline = make_pipeline(settings)
         with engine.connect() as db:
             total = db.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
-        gc.collect()
+        tune_gc_for_processing()  # as `tessera worker` does
         conn.send(("ready", {"pid": os.getpid()}))
         conn.recv()
         before = _cpu()
@@ -663,9 +670,12 @@ def _rebuild_main(database: str, conn: Connection) -> None:
     """A's definitions created after its drain, then backfilled and built for real."""
 
     def work(conn: Connection) -> dict[str, Any]:
+        from tessera.processor import tune_gc_for_processing
+
         settings = _settings()
         engine = store_engine(Path(database), settings)
         pipeline = make_pipeline(settings)
+        tune_gc_for_processing()  # as `tessera worker` does
         conn.send(("ready", {"pid": os.getpid()}))
         conn.recv()
         started = time.perf_counter()
@@ -1138,10 +1148,12 @@ def _recompute_main(database: str, conn: Connection) -> None:
 
     def work(conn: Connection) -> dict[str, Any]:
         from tessera.audiences import service
+        from tessera.processor import tune_gc_for_processing
 
         settings = _settings()
         engine = store_engine(Path(database), settings)
         pipeline = make_pipeline(settings)
+        tune_gc_for_processing()  # as `tessera worker` does
         conn.send(("ready", {"pid": os.getpid()}))
         conn.recv()
         out: dict[str, Any] = {}

@@ -314,14 +314,14 @@ def _child(work: Callable[[Connection], dict[str, Any]], conn: Connection) -> No
 
 def _processing_main(database: str, conn: Connection) -> None:
     def work(conn: Connection) -> dict[str, Any]:
-        from tessera.processor import lag, run_once
+        from tessera.processor import lag, run_once, tune_gc_for_processing
 
         settings = _settings()
         engine = store_engine(Path(database), settings)
         pipeline = make_pipeline(settings)
         with engine.connect() as db:
             waiting = lag(db).events
-        gc.collect()
+        tune_gc_for_processing()  # as `tessera worker` does
         conn.send(("ready", {"pid": os.getpid(), "waiting": waiting}))
         conn.recv()  # "go", once a profiler (if any) is attached
         hz = os.sysconf("SC_CLK_TCK")

@@ -408,7 +408,7 @@ def worker(
     import threading
 
     from tessera.activation.delivery import Deliverer
-    from tessera.processor import STAGES, Pipeline, Processor
+    from tessera.processor import STAGES, Pipeline, Processor, tune_gc_for_processing
     from tessera.worker_process import follow_wake_pipe
 
     stages = {"all": STAGES, **{name: (name,) for name in STAGES}}
@@ -438,6 +438,7 @@ def worker(
 
     if wake_stdin:
         follow_wake_pipe(wake, stop)
+    tune_gc_for_processing()
     processor.start()
     if deliverer is not None:
         deliverer.start()

@@ -195,6 +195,17 @@ class Settings(BaseSettings):
             "spare; an audience then changes one derived batch after the profile."
         ),
     )
+    processor_resident_profiles: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Profiles whose computed-trait states, memberships and schedule the processor "
+            "keeps in memory between batches (the least recently touched go first), so a "
+            "batch does not load and parse them again; 0 keeps none. Some 10 KB a profile "
+            "with 50 audiences. Dropped whenever another writer (an unmerge, a rebuild, a "
+            "definition change) touched derived state."
+        ),
+    )
     processor_batch_events: int = Field(
         default=2000, gt=0, description="Most events the processor applies in one transaction."
     )

@@ -24,6 +24,7 @@ if one dies). Locks are always taken main first, then derived.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from tessera.audiences.catalog import BUILDING, READY, Catalog, catalog_version,
 from tessera.audiences.models import audiences, evaluation_schedule
 from tessera.audiences.stage import (
     DerivedState,
+    Resident,
     backfill_step,
     build_step,
     next_due,
@@ -86,6 +88,8 @@ class ProcessorConfig:
     # "inline": `run_once` applies computed traits and audiences in its transaction;
     # "separate": `run_derived_once` does, in a worker of its own.
     derived: Literal["inline", "separate"] = "inline"
+    # Profiles whose derived state the stage keeps in memory between batches (0: none).
+    resident_profiles: int = 50_000
     # Messages queued for destinations are retried this long before they turn dead letters.
     delivery_max_age_seconds: float = 4 * 3600
 
@@ -123,6 +127,7 @@ class Pipeline:
                 trait_policies=settings.trait_policies,
                 batch_events=settings.processor_batch_events,
                 derived=settings.processor_derived,
+                resident_profiles=settings.processor_resident_profiles,
                 delivery_max_age_seconds=settings.delivery_max_age_seconds,
             ),
             activate=activate,
@@ -145,6 +150,9 @@ class Pipeline:
         self._policies: TraitPolicies | None = None
         self._catalog: Catalog | None = None
         self._merges: list[tuple[str, str]] = []
+        # The derived stage's working set between batches; only the processor's own loop
+        # (`run_once`, `run_derived_once`, `run_maintenance`) uses it.
+        self.resident = Resident(config.resident_profiles) if config.resident_profiles else None
         # Identifiers the rules left unlinked in the current batch, by reason; written
         # with the batch (`run_once`), so a rolled-back batch counts nothing.
         self.batch_drops: Counter[str] = Counter()
@@ -198,6 +206,7 @@ class Pipeline:
         evaluate_all: bool = False,
         fan_out: bool = False,
         derive: bool = True,
+        resident: Resident | None = None,
     ) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile.
 
@@ -205,7 +214,8 @@ class Pipeline:
         (on SQLite it takes the write lock, so ingest waits only for the flush). With
         `fan_out`, the events, trait changes and audience changes go to the outbox too
         (not when an unmerge replays events that were sent already). Without `derive`,
-        only the main stage: computed traits and audiences are left to `derive_rows`."""
+        only the main stage: computed traits and audiences are left to `derive_rows`.
+        `resident` lends the derived stage what it kept (the caller opened it)."""
         self.batch_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
@@ -223,7 +233,16 @@ class Pipeline:
         for item in batch:
             self._apply(item, graph_state, profile_state)
         derived = (
-            self._derive(conn, batch, graph_state, profile_state, evaluate_all) if derive else None
+            self._derive(
+                conn,
+                batch,
+                graph_state,
+                profile_state,
+                evaluate_all=evaluate_all,
+                resident=resident,
+            )
+            if derive
+            else None
         )
         if before_write is not None:
             before_write()
@@ -285,7 +304,9 @@ class Pipeline:
         batch: list[_Event],
         graph_state: IdentityBatch,
         profile_state: ProfileBatch,
+        *,
         evaluate_all: bool,
+        resident: Resident | None,
     ) -> DerivedState | None:
         """Computed traits and audiences for the profiles this batch touched, from the
         main stage's working set (the inline mode)."""
@@ -320,6 +341,7 @@ class Pipeline:
             consent_changed={final(pid) for pid, _ in profile_state.changed_consent},
             facts=facts,
             evaluate_all=evaluate_all,
+            resident=resident,
         )
 
     def _derive_events(
@@ -335,6 +357,7 @@ class Pipeline:
         consent_changed: set[str],
         facts: Callable[[DerivedState, set[str]], None],
         evaluate_all: bool,
+        resident: Resident | None,
     ) -> DerivedState:
         """The derived stage proper, whichever stage feeds it: `owners` maps each event's
         seq to its final profile, `merges` are (final survivor, absorbed) in log order,
@@ -347,7 +370,7 @@ class Pipeline:
             pid = owners.get(item.row.seq)
             if pid is not None:
                 touched[pid] = item.row.message_id
-        derived.load(conn, set(touched) | {absorbed for _, absorbed in merges})
+        derived.load(conn, set(touched) | {absorbed for _, absorbed in merges}, resident)
         fresh = set(fresh)
         for survivor, absorbed in merges:
             derived.absorb(survivor=survivor, absorbed=absorbed)
@@ -369,7 +392,9 @@ class Pipeline:
                 derived.evaluate(pid, affected, f"event:{message_id}")
         return derived
 
-    def derive_rows(self, conn: Connection, rows: list[Any]) -> DerivedState | None:
+    def derive_rows(
+        self, conn: Connection, rows: list[Any], resident: Resident | None = None
+    ) -> DerivedState | None:
         """The derived stage for `rows` (events in log order) that the main stage applied
         already (the separate mode): attribution, merges and traits come from the store,
         as the main stage committed them. A profile is resolved to its current survivor,
@@ -407,14 +432,20 @@ class Pipeline:
         consent_changed: set[str] = set()
         batch: list[_Event] = []
         any_name = None in catalog.traits_by_event
+        any_payload = None in catalog.payload_events
         for row in rows:
             pid = owners.get(row.seq)
             if pid is None:
                 continue
             # Most events feed no computed trait and carry no trait or consent: those are
-            # neither parsed nor loaded (unless they created their profile).
+            # neither parsed nor loaded (unless they created their profile). Those whose
+            # traits read only their type and name are not parsed either.
             carries = row.type == "identify" or _may_carry_traits(row.payload)
             if not (carries or any_name or row.name in catalog.traits_by_event or pid in fresh):
+                continue
+            if not (carries or any_payload or row.name in catalog.payload_events):
+                name_field = "event" if row.type == "track" else "name"
+                batch.append(_Event(row, {"type": row.type, name_field: row.name}, []))
                 continue
             payload = orjson.loads(row.payload)
             batch.append(_Event(row, payload, []))
@@ -441,6 +472,7 @@ class Pipeline:
             consent_changed=consent_changed,
             facts=facts,
             evaluate_all=False,
+            resident=resident,
         )
 
     def _parse(self, row: Any) -> _Event:
@@ -554,8 +586,13 @@ class _Claim:
     name: str
     position: int
     unattributed: int
-    version: int
+    version: int  # the row's version; once `locked`, the one this transaction leaves
     locked: bool
+
+    @property
+    def seen(self) -> int:
+        """The version the row had before this transaction bumped it."""
+        return self.version - 1 if self.locked else self.version
 
 
 def _claim(conn: Connection, name: str, *, lock: bool) -> _Claim:
@@ -617,6 +654,7 @@ def _confirm(conn: Connection, claim: _Claim) -> None:
         moved = updated.rowcount != 1
     if moved:
         raise PositionMoved(f"processor {claim.name!r} moved on; the batch is retried")
+    claim.version += 1
     claim.locked = True
 
 
@@ -632,6 +670,23 @@ def run_once(
     through the derived stage too when it is inline and in step; return how many were
     applied."""
     limit = limit or pipeline.config.batch_events
+    resident = pipeline.resident if name == MAIN else None
+    try:
+        applied, derived = _apply_next(engine, pipeline, name=name, limit=limit, resident=resident)
+    except BaseException:
+        if resident is not None:
+            resident.clear()
+        raise
+    if resident is not None and derived is not None:
+        resident.commit(version=derived.version, position=derived.position)
+    return applied
+
+
+def _apply_next(
+    engine: Engine, pipeline: Pipeline, *, name: str, limit: int, resident: Resident | None
+) -> tuple[int, _Claim | None]:
+    """`run_once`'s transaction: the events applied, and the derived position's claim
+    when the derived stage went with them (inline and level)."""
     with engine.begin() as conn:
         lock = conn.dialect.name == "postgresql"
         claim = _claim(conn, name, lock=lock)
@@ -644,12 +699,16 @@ def run_once(
             )
         )
         if not rows:
-            return 0
+            return 0, None
         derived: _Claim | None = None
         if pipeline.config.derived == "inline" and name == MAIN:
             derived = _claim(conn, DERIVED, lock=lock)
             if derived.position != claim.position:
                 derived = None  # behind (it ran separately): `run_derived_once` catches up
+        if derived is None:
+            resident = None
+        elif resident is not None:
+            resident.open(version=derived.seen, position=derived.position)
 
         def before_write() -> None:
             _confirm(conn, claim)
@@ -657,7 +716,12 @@ def run_once(
                 _confirm(conn, derived)
 
         attributed = pipeline.apply_batch(
-            conn, rows, before_write=before_write, fan_out=True, derive=derived is not None
+            conn,
+            rows,
+            before_write=before_write,
+            fan_out=True,
+            derive=derived is not None,
+            resident=resident,
         )
         missing = sum(1 for _, pid in attributed if pid is None)
         _count_drops(conn, pipeline.batch_drops)
@@ -668,7 +732,8 @@ def run_once(
         )
         if derived is not None:
             _set_position(conn, DERIVED, rows[-1].seq)
-        return len(rows)
+            derived.position = rows[-1].seq
+        return len(rows), derived
 
 
 def _set_position(conn: Connection, name: str, position: int) -> None:
@@ -689,18 +754,34 @@ def run_derived_once(engine: Engine, pipeline: Pipeline, *, limit: int | None = 
     destinations) to the next batch of events the main stage has applied; return how
     many events it moved past (0: it is level with the main stage)."""
     limit = limit or pipeline.config.batch_events
-    with engine.begin() as conn:
-        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
-        head = _position(conn, MAIN)
-        if claim.position >= head:
-            return 0
-        before = claim.position
-        _derive_range(conn, pipeline, claim, head=head, limit=limit)
-        return claim.position - before
+    resident = pipeline.resident
+    try:
+        with engine.begin() as conn:
+            claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+            head = _position(conn, MAIN)
+            if claim.position >= head:
+                return 0
+            before = claim.position
+            if resident is not None:
+                resident.open(version=claim.seen, position=claim.position)
+            _derive_range(conn, pipeline, claim, head=head, limit=limit, resident=resident)
+    except BaseException:
+        if resident is not None:
+            resident.clear()
+        raise
+    if resident is not None:
+        resident.commit(version=claim.version, position=claim.position)
+    return claim.position - before
 
 
 def _derive_range(
-    conn: Connection, pipeline: Pipeline, claim: _Claim, *, head: int, limit: int
+    conn: Connection,
+    pipeline: Pipeline,
+    claim: _Claim,
+    *,
+    head: int,
+    limit: int,
+    resident: Resident | None = None,
 ) -> None:
     """Derive up to `limit` events after `claim`'s position (no further than `head`),
     commit nothing, and move `claim.position` on (the caller's transaction holds it)."""
@@ -713,7 +794,7 @@ def _derive_range(
             .limit(limit)
         )
     )
-    derived = pipeline.derive_rows(conn, rows) if rows else None
+    derived = pipeline.derive_rows(conn, rows, resident) if rows else None
     _confirm(conn, claim)
     if derived is not None:
         derived.flush(conn)
@@ -741,30 +822,58 @@ def run_maintenance(engine: Engine, pipeline: Pipeline) -> int:
     """One step of the work that is not a batch of events, holding the derived position
     like a batch: a chunk of a computed trait's backfill (up to that position), or of an
     audience's build, and the re-evaluations time has made due. Returns how much was done
-    (0: nothing waits)."""
-    with engine.begin() as conn:
-        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
-        catalog = pipeline.catalog(conn)
-        now = pipeline.clock()
-        backfilling, building = pending_work(catalog)
-        due = next_due(conn)
-        changes = fanout_stage.changes_waiting(conn)
-        if not backfilling and not building and (due is None or due > now) and not changes:
-            return 0
-        _confirm(conn, claim)
-        done = 0
-        if backfilling:
-            backfill_step(conn, catalog, backfilling, position=claim.position, now=now)
-            done += 1
-        elif building:  # in dependency order; its computed traits are ready by now
-            build_step(conn, catalog, building[0], now=now)
-            done += 1
-        # Reloaded: a backfill made traits ready and a build moved its cursor, and the
-        # re-evaluations below must see a building audience as live for the profiles the
-        # build has passed (`AudienceEntry.live_for`).
-        done += run_due(conn, pipeline.catalog(conn), now)
-        pipeline.fan_out_changes(conn)
-        return done + (1 if changes else 0)
+    (0: nothing waits).
+
+    The stage's resident working set stays right across it: a backfill or a build drops
+    it, and time's re-evaluations drop the profiles they touched."""
+    resident = pipeline.resident
+    touched: set[str] = set()
+    try:
+        with engine.begin() as conn:
+            claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+            if resident is not None:
+                resident.open(version=claim.seen, position=claim.position)
+            done, stepped = _maintain(conn, pipeline, claim, touched)
+    except BaseException:
+        if resident is not None:
+            resident.clear()
+        raise
+    if resident is not None and claim.locked:
+        if stepped:
+            resident.clear()
+        else:
+            resident.commit(version=claim.version, position=claim.position, forget=touched)
+    return done
+
+
+def _maintain(
+    conn: Connection, pipeline: Pipeline, claim: _Claim, touched: set[str]
+) -> tuple[int, bool]:
+    """`run_maintenance`'s transaction: the work done, and whether it took a backfill or
+    build step (which change profiles without listing them); time's re-evaluations add
+    the profiles they touched to `touched`."""
+    catalog = pipeline.catalog(conn)
+    now = pipeline.clock()
+    backfilling, building = pending_work(catalog)
+    due = next_due(conn)
+    changes = fanout_stage.changes_waiting(conn)
+    if not backfilling and not building and (due is None or due > now) and not changes:
+        return 0, False
+    _confirm(conn, claim)
+    done = 0
+    if backfilling:
+        backfill_step(conn, catalog, backfilling, position=claim.position, now=now)
+        done += 1
+    elif building:  # in dependency order; its computed traits are ready by now
+        build_step(conn, catalog, building[0], now=now)
+        done += 1
+    # Reloaded: a backfill made traits ready and a build moved its cursor, and the
+    # re-evaluations below must see a building audience as live for the profiles the
+    # build has passed (`AudienceEntry.live_for`).
+    stepped = done > 0
+    done += run_due(conn, pipeline.catalog(conn), now, touched=touched)
+    pipeline.fan_out_changes(conn)
+    return done + (1 if changes else 0), stepped
 
 
 def _count_drops(conn: Connection, drops: Counter[str]) -> None:
@@ -875,6 +984,23 @@ def reset_derived_state(conn: Connection) -> None:
 
 
 STAGES = (MAIN, DERIVED)
+
+# The cyclic collector's thresholds in a process that runs the processor. A batch
+# allocates hundreds of thousands of objects that live until its transaction ends; with
+# Python's default (700, 10, 10) they outlive a few young collections, are promoted, and
+# set off full collections over everything every few batches: ~20% of either stage's CPU
+# (benchmarks/RESULTS.md, 2026-11-22). Almost none of them are in cycles, so reference
+# counting frees them when the batch ends and a rarer young collection loses nothing.
+PROCESSING_GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc_for_processing() -> None:
+    """Set up the collector for a process whose work is the processor's loop (`tessera
+    worker`): what exists at start lives as long as the process and is frozen out of
+    collections, and young collections run at `PROCESSING_GC_THRESHOLDS`."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*PROCESSING_GC_THRESHOLDS)
 
 
 class Processor:

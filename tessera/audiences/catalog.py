@@ -47,6 +47,8 @@ class Catalog:
     audiences: dict[str, AudienceEntry] = field(default_factory=dict)
     # Live maintenance: which ready traits an event of this name may feed (None: any name).
     traits_by_event: dict[str | None, list[ComputedTraitSpec]] = field(default_factory=dict)
+    # The event names (None: any name) whose ready traits read more than type and name.
+    payload_events: set[str | None] = field(default_factory=set)
     audiences_by_trait: dict[str, set[str]] = field(default_factory=dict)
     audiences_by_computed: dict[str, set[str]] = field(default_factory=dict)
     audiences_by_audience: dict[str, set[str]] = field(default_factory=dict)
@@ -113,6 +115,8 @@ def load_catalog(conn: Connection) -> Catalog:
         catalog.backfilled_through[row.name] = int(row.backfilled_through)
         if row.status == READY:
             catalog.traits_by_event.setdefault(spec.event_name, []).append(spec)
+            if spec.reads_payload:
+                catalog.payload_events.add(spec.event_name)
     kinds = {name: spec.kind for name, spec in catalog.traits.items()}
     rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.id)))
     referred = {row.id: frozenset(references(orjson.loads(row.definition))) for row in rows}

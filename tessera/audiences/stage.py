@@ -15,8 +15,9 @@ in the same transaction as the processor's position.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -58,10 +59,11 @@ class DerivedState:
     def __init__(self, catalog: Catalog, now: datetime) -> None:
         self.catalog = catalog
         self.now = now
-        self.states: dict[tuple[str, str], TraitState] = {}
-        # States as stored, parsed only when an event, a merge or time needs them: most
-        # loaded rows are only read for their values.
-        self._stored: dict[tuple[str, str], str] = {}
+        # Per profile: computed-trait states by name, parsed when an event, a merge or time
+        # needs them (`_stored` holds them as stored until then: most loaded rows are only
+        # read for their values).
+        self.states: dict[str, dict[str, TraitState]] = defaultdict(dict)
+        self._stored: dict[str, dict[str, str]] = defaultdict(dict)
         # Decoded current values, by profile then name (what evaluation reads).
         self.values: dict[str, dict[str, Any]] = defaultdict(dict)
         self.members: dict[str, set[str]] = defaultdict(set)
@@ -74,15 +76,22 @@ class DerivedState:
         self._entered: list[tuple[str, str, str]] = []  # (audience, profile, cause)
         self._exited: list[tuple[str, str, str]] = []
         self.schedule: dict[tuple[str, str], datetime | None] = {}
-        # Schedule rows as loaded, so a flush writes only what changed.
-        self._scheduled: dict[tuple[str, str], datetime] = {}
+        # Schedule rows as loaded (profile → item → moment), so a flush writes only what
+        # changed.
+        self._scheduled: dict[str, dict[str, datetime]] = defaultdict(dict)
 
     # -- loading --------------------------------------------------------------------------
 
-    def load(self, conn: Connection, profile_ids: Iterable[str]) -> None:
-        wanted = sorted(set(profile_ids) - self._loaded)
+    def load(
+        self, conn: Connection, profile_ids: Iterable[str], resident: Resident | None = None
+    ) -> None:
+        """The stored derived state of `profile_ids`: from `resident` where it holds a
+        profile (moved out of it: the batch changes it in place), else from the store."""
+        wanted = set(profile_ids) - self._loaded
         self._loaded.update(wanted)
-        for chunk in chunked(wanted):
+        if resident is not None:
+            wanted -= resident.lend(self, wanted)
+        for chunk in chunked(sorted(wanted)):
             for row in conn.execute(
                 sa.select(computed_trait_values).where(
                     computed_trait_values.c.profile_id.in_(chunk)
@@ -91,8 +100,7 @@ class DerivedState:
                 spec = self.catalog.traits.get(row.name)
                 if spec is None:
                     continue
-                key = (row.profile_id, row.name)
-                self._stored[key] = row.state
+                self._stored[row.profile_id][row.name] = row.state
                 self.values[row.profile_id][row.name] = (
                     orjson.loads(row.value) if row.value is not None else None
                 )
@@ -109,7 +117,7 @@ class DerivedState:
                     evaluation_schedule.c.due_at,
                 ).where(evaluation_schedule.c.profile_id.in_(chunk))
             ):
-                self._scheduled[(row.profile_id, row.item)] = row.due_at
+                self._scheduled[row.profile_id][row.item] = row.due_at
 
     def load_range(self, conn: Connection, low: str, high: str, audience_id: str) -> None:
         """Everything evaluating `audience_id` reads, for profiles with `low < id <= high`:
@@ -202,19 +210,19 @@ class DerivedState:
     # -- computed traits ------------------------------------------------------------------
 
     def state(self, profile_id: str, name: str) -> TraitState:
-        key = (profile_id, name)
-        found = self.states.get(key)
+        mine = self.states[profile_id]
+        found = mine.get(name)
         if found is None:
             spec = self.catalog.traits[name]
-            stored = self._stored.pop(key, None)
+            stored = self._stored[profile_id].pop(name, None)
             found = (
                 computed.new_state(spec) if stored is None else computed.load_state(spec, stored)
             )
-            self.states[key] = found
+            mine[name] = found
         return found
 
     def _has_state(self, profile_id: str, name: str) -> bool:
-        return (profile_id, name) in self.states or (profile_id, name) in self._stored
+        return name in self.states[profile_id] or name in self._stored[profile_id]
 
     def observe(self, profile_id: str, payload: dict[str, Any], *, at: datetime, seq: int) -> None:
         """Feed one event to every ready trait its name may match."""
@@ -235,17 +243,17 @@ class DerivedState:
     def absorb(self, *, survivor: str, absorbed: str) -> None:
         """Two profiles were one person: fold values, and the absorbed one leaves every
         audience (its id now resolves to the survivor, which is evaluated afresh)."""
-        for pid, name in [key for key in (*self.states, *self._stored) if key[0] == absorbed]:
+        for name in [*self.states[absorbed], *self._stored[absorbed]]:
             spec = self.catalog.traits[name]
-            state = self.state(pid, name)
+            state = self.state(absorbed, name)
             mine = self.state(survivor, name) if self._has_state(survivor, name) else None
-            self.states[(survivor, name)] = (
+            self.states[survivor][name] = (
                 state if mine is None else computed.merge_states(spec, mine, state)
             )
             self._dirty_states.add((survivor, name))
-            del self.states[(pid, name)]
-            self.values[pid].pop(name, None)
-            self._dirty_states.discard((pid, name))
+            del self.states[absorbed][name]
+            self.values[absorbed].pop(name, None)
+            self._dirty_states.discard((absorbed, name))
         for audience_id in sorted(self.members.pop(absorbed, set())):
             self._exited.append((audience_id, absorbed, f"merged into {survivor}"))
         self._deleted_profiles.add(absorbed)
@@ -362,7 +370,7 @@ class DerivedState:
             {
                 "profile_id": pid,
                 "name": name,
-                "state": computed.dump_state(self.states[(pid, name)]),
+                "state": computed.dump_state(self.states[pid][name]),
                 "value": orjson.dumps(self.values[pid].get(name)).decode(),
                 "updated_at": now,
             }
@@ -419,7 +427,7 @@ class DerivedState:
         gone = [
             {"p": pid, "i": item}
             for pid, item in keys
-            if self.schedule[(pid, item)] is None and (pid, item) in self._scheduled
+            if self.schedule[(pid, item)] is None and item in self._scheduled[pid]
         ]
         if gone:
             conn.execute(
@@ -433,16 +441,127 @@ class DerivedState:
             {"profile_id": pid, "item": item, "due_at": moment}
             for pid, item in keys
             if (moment := self.schedule[(pid, item)]) is not None
-            and moment != self._scheduled.get((pid, item))
+            and moment != self._scheduled[pid].get(item)
         ]
         upsert(conn, evaluation_schedule, due, keys=("profile_id", "item"))
+
+
+@dataclass(slots=True)
+class _Kept:
+    """One profile's derived state as this process last committed it."""
+
+    states: dict[str, TraitState]
+    stored: dict[str, str]
+    values: dict[str, Any]
+    members: set[str]
+    scheduled: dict[str, datetime]
+
+
+class Resident:
+    """The derived stage's working set, kept in memory between its transactions: the
+    computed-trait states, values, memberships and schedule rows of the profiles it
+    touched lately, as this process last committed them. A batch borrows its profiles
+    from here instead of loading them (and parsing their states) again; they come back
+    when its transaction commits (`commit`).
+
+    Right only while no other writer changed derived state. Every writer holds the
+    derived position's row, which bumps its version, so `open` drops everything unless
+    the row still shows the version and position this process's last commit left; a
+    catalog other than the one the states were kept under drops it too, and so does a
+    transaction that fails (`clear`). Bounded: beyond `capacity` profiles, the least
+    recently used go.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._mark: tuple[int, int] | None = None  # (version, position) after our commit
+        self._catalog: Catalog | None = None
+        self._lent: list[DerivedState] = []
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def open(self, *, version: int, position: int) -> None:
+        """A transaction holding the derived position begins, which found the row at
+        `version` and `position`."""
+        if (version, position) != self._mark:
+            self._kept.clear()
+        self._lent.clear()
+
+    def lend(self, state: DerivedState, wanted: set[str]) -> set[str]:
+        """Move the kept profiles among `wanted` into `state`; return which."""
+        if state.catalog is not self._catalog:
+            self._kept.clear()
+            self._catalog = state.catalog
+        if not any(lent is state for lent in self._lent):
+            self._lent.append(state)
+        found: set[str] = set()
+        for pid in wanted:
+            kept = self._kept.pop(pid, None)
+            if kept is None:
+                continue
+            state.states[pid] = kept.states
+            state._stored[pid] = kept.stored
+            state.values[pid] = kept.values
+            state.members[pid] = kept.members
+            state._scheduled[pid] = kept.scheduled
+            found.add(pid)
+        return found
+
+    def commit(self, *, version: int, position: int, forget: Iterable[str] = ()) -> None:
+        """The transaction committed, leaving the row at `version` and `position`: keep
+        the profiles its batches loaded, as they wrote them; `forget` what else it
+        changed."""
+        for state in self._lent:
+            self._keep(state)
+        self._lent.clear()
+        for pid in forget:
+            self._kept.pop(pid, None)
+        self._mark = (version, position)
+        while len(self._kept) > self.capacity:
+            self._kept.popitem(last=False)
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._lent.clear()
+        self._mark = None
+
+    def _keep(self, state: DerivedState) -> None:
+        for (pid, item), moment in state.schedule.items():
+            if moment is None:
+                state._scheduled[pid].pop(item, None)
+            else:
+                state._scheduled[pid][item] = moment
+        touched = {pid for pid, _ in state.schedule} | {pid for pid, _ in state._dirty_states}
+        touched |= state._loaded | set(state.states) | set(state.members)
+        touched |= state._deleted_profiles
+        for pid in touched:
+            self._kept.pop(pid, None)
+            if pid not in state._loaded or pid in state._deleted_profiles:
+                continue  # written without being loaded whole, or gone
+            self._kept[pid] = _Kept(
+                state.states[pid],
+                state._stored[pid],
+                state.values[pid],
+                state.members[pid],
+                state._scheduled[pid],
+            )
 
 
 # -- the paths other than event batches ---------------------------------------------------
 
 
-def run_due(conn: Connection, catalog: Catalog, now: datetime, *, limit: int = 5000) -> int:
-    """Re-evaluate what time has changed: every schedule entry due by `now`."""
+def run_due(
+    conn: Connection,
+    catalog: Catalog,
+    now: datetime,
+    *,
+    limit: int = 5000,
+    touched: set[str] | None = None,
+) -> int:
+    """Re-evaluate what time has changed: every schedule entry due by `now`. The
+    profiles re-evaluated are added to `touched`."""
     rows = list(
         conn.execute(
             sa.select(evaluation_schedule.c.profile_id, evaluation_schedule.c.item)
@@ -456,6 +575,8 @@ def run_due(conn: Connection, catalog: Catalog, now: datetime, *, limit: int = 5
     items: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         items[row.profile_id].add(row.item)
+    if touched is not None:
+        touched.update(items)
     state = DerivedState(catalog, now)
     state.load(conn, items)
     state.load_traits(conn, items)

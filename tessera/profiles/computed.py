@@ -135,6 +135,12 @@ class ComputedTraitSpec:
                 return False
         return self._filter is None or self._filter(_subject(payload))
 
+    @builtins.property
+    def reads_payload(self) -> bool:
+        """Whether `matches` and `value_of` read more of an event than its type and name
+        (its properties or traits)."""
+        return self._filter is not None or self.property is not None
+
     def value_of(self, payload: Mapping[str, Any]) -> Any:
         """The value the event contributes: its `property`, or MISSING."""
         if self.property is None:
