@@ -758,18 +758,17 @@ def run_derived_once(engine: Engine, pipeline: Pipeline, *, limit: int | None = 
     try:
         with engine.begin() as conn:
             claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
-            head = _position(conn, MAIN)
-            if claim.position >= head:
-                return 0
             before = claim.position
             if resident is not None:
                 resident.open(version=claim.seen, position=claim.position)
-            _derive_range(conn, pipeline, claim, head=head, limit=limit, resident=resident)
+            head = _position(conn, MAIN)
+            if claim.position < head:
+                _derive_range(conn, pipeline, claim, head=head, limit=limit, resident=resident)
     except BaseException:
         if resident is not None:
             resident.clear()
         raise
-    if resident is not None:
+    if resident is not None and claim.locked:  # PostgreSQL locks (and bumps) even when level
         resident.commit(version=claim.version, position=claim.position)
     return claim.position - before
 

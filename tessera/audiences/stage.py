@@ -478,6 +478,7 @@ class Resident:
         self._mark: tuple[int, int] | None = None  # (version, position) after our commit
         self._catalog: Catalog | None = None
         self._lent: list[DerivedState] = []
+        self.hits = 0  # profiles lent instead of loaded, since the start
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -507,6 +508,7 @@ class Resident:
             state.members[pid] = kept.members
             state._scheduled[pid] = kept.scheduled
             found.add(pid)
+        self.hits += len(found)
         return found
 
     def commit(self, *, version: int, position: int, forget: Iterable[str] = ()) -> None:
