@@ -786,8 +786,14 @@ def _derive_range(
     commit nothing, and move `claim.position` on (the caller's transaction holds it)."""
     rows = list(
         conn.execute(
-            _event_columns()
-            .add_columns(events.c.type, events.c.name)
+            sa.select(
+                events.c.seq,
+                events.c.message_id,
+                events.c.timestamp,
+                events.c.type,
+                events.c.name,
+                events.c.payload,
+            )
             .where(events.c.seq > claim.position, events.c.seq <= head)
             .order_by(events.c.seq)
             .limit(limit)

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from tessera.audiences.language import (
     And,
@@ -58,8 +58,7 @@ class ProfileFacts:
     consent: Mapping[str, bool] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Evaluation:
+class Evaluation(NamedTuple):  # a tuple: made once per person and audience evaluated
     member: bool
     # The earliest moment after `now` at which a date condition can flip by time alone
     # (the result may stay the same then); None if no condition depends on the clock.

@@ -303,21 +303,19 @@ class DerivedState:
         """Re-evaluate `audience_ids` for one profile, then whatever references an audience
         whose membership changed, in dependency order."""
         pending = set(audience_ids)
-        computed_values = self.values.get(profile_id, {})
-        traits = self.traits.get(profile_id, {})
+        mine = self.members[profile_id]  # changed in place as memberships change
+        facts = ProfileFacts(
+            traits=self.traits.get(profile_id, {}),
+            computed=self.values.get(profile_id, {}),
+            audiences=mine,
+            consent=self.consent.get(profile_id, {}),
+        )
         for audience_id in self.catalog.order:
             if audience_id not in pending:
                 continue
             entry = self.catalog.audiences[audience_id]
             if ready_only and not entry.live_for(profile_id):
                 continue
-            mine = self.members[profile_id]
-            facts = ProfileFacts(
-                traits=traits,
-                computed=computed_values,
-                audiences=mine,
-                consent=self.consent.get(profile_id, {}),
-            )
             result = evaluate(entry.definition, facts, self.now)
             self.schedule[(profile_id, AUDIENCE_ITEM + audience_id)] = result.next_change
             if result.member == (audience_id in mine):
