@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -566,6 +566,54 @@ def _current_survivors(conn: Connection, profile_ids: set[str]) -> dict[str, str
     return final
 
 
+class _LogRow(NamedTuple):
+    """An event as the stages read it (`_next_events`)."""
+
+    seq: int
+    source_id: int
+    message_id: str
+    timestamp: datetime
+    received_at: datetime
+    type: str
+    name: str | None
+    payload: str
+
+
+_NEXT_EVENTS_SQLITE = (
+    "SELECT seq, source_id, message_id, timestamp, received_at, type, name, payload "
+    "FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+)
+
+
+def _next_events(conn: Connection, *, after: int, upto: int, limit: int) -> list[_LogRow]:
+    """Up to `limit` events in log order with `after < seq <= upto`. On SQLite the query
+    goes to the driver as it is, and the two times are parsed here: SQLAlchemy's row and
+    type processing took half of the read (~3.5 µs an event)."""
+    if conn.dialect.name == "sqlite":
+        fetched = conn.exec_driver_sql(_NEXT_EVENTS_SQLITE, (after, upto, limit)).fetchall()
+        parse = datetime.fromisoformat
+        return [
+            _LogRow(
+                seq,
+                source_id,
+                message_id,
+                parse(timestamp).replace(tzinfo=UTC),
+                parse(received_at).replace(tzinfo=UTC),
+                kind,
+                name,
+                payload,
+            )
+            for seq, source_id, message_id, timestamp, received_at, kind, name, payload in fetched
+        ]
+    query = (
+        sa.select(*(events.c[field] for field in _LogRow._fields))
+        .where(events.c.seq > after, events.c.seq <= upto)
+        .order_by(events.c.seq)
+        .limit(limit)
+    )
+    return [_LogRow(*row) for row in conn.execute(query)]
+
+
 def _event_columns() -> sa.Select[Any]:
     return sa.select(
         events.c.seq,
@@ -575,6 +623,9 @@ def _event_columns() -> sa.Select[Any]:
         events.c.received_at,
         events.c.payload,
     )
+
+
+_NO_END = 2**63 - 1  # the largest seq either backend holds
 
 
 class PositionMoved(TesseraError):
@@ -690,14 +741,7 @@ def _apply_next(
     with engine.begin() as conn:
         lock = conn.dialect.name == "postgresql"
         claim = _claim(conn, name, lock=lock)
-        rows = list(
-            conn.execute(
-                _event_columns()
-                .where(events.c.seq > claim.position)
-                .order_by(events.c.seq)
-                .limit(limit)
-            )
-        )
+        rows = _next_events(conn, after=claim.position, upto=_NO_END, limit=limit)
         if not rows:
             return 0, None
         derived: _Claim | None = None
@@ -784,21 +828,7 @@ def _derive_range(
 ) -> None:
     """Derive up to `limit` events after `claim`'s position (no further than `head`),
     commit nothing, and move `claim.position` on (the caller's transaction holds it)."""
-    rows = list(
-        conn.execute(
-            sa.select(
-                events.c.seq,
-                events.c.message_id,
-                events.c.timestamp,
-                events.c.type,
-                events.c.name,
-                events.c.payload,
-            )
-            .where(events.c.seq > claim.position, events.c.seq <= head)
-            .order_by(events.c.seq)
-            .limit(limit)
-        )
-    )
+    rows = _next_events(conn, after=claim.position, upto=head, limit=limit)
     derived = pipeline.derive_rows(conn, rows, resident) if rows else None
     _confirm(conn, claim)
     if derived is not None:
