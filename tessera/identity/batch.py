@@ -8,7 +8,7 @@ one UPDATE each at flush (merges are rare; new identifiers are one executemany).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +20,8 @@ from tessera.identity.extract import Identifier
 from tessera.identity.graph import ordered_pair
 from tessera.identity.models import identities, merge_blocks, profile_merges
 from tessera.store.chunks import chunked
+
+_NO_COUNTS: Mapping[str, int] = {}
 
 
 @dataclass(slots=True)
@@ -116,8 +118,8 @@ class IdentityBatch:
         owner = self._owner.get(ident)
         return None if owner is None else self.resolve_id(owner)
 
-    def counts(self, profile_id: str) -> Counter[str]:
-        return Counter(self._counts.get(profile_id, Counter()))
+    def counts(self, profile_id: str) -> Mapping[str, int]:
+        return self._counts.get(profile_id, _NO_COUNTS)
 
     def merge_count(self, profile_id: str) -> int:
         return self._merge_counts.get(profile_id, 0)

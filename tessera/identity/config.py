@@ -34,6 +34,9 @@ class IdentityRules:
     def __post_init__(self) -> None:
         # Looked up for every identifier of every event: a dict, not tuple.index.
         object.__setattr__(self, "_ranks", {kind: i for i, kind in enumerate(self.priority)})
+        # (type, raw text) → its normalised identifier or None: `extract.identifier`'s
+        # memo (a person's ids recur in every event they send).
+        object.__setattr__(self, "normalised", {})
 
     def rank(self, kind: str) -> int:
         """Lower is higher priority; unknown (custom) types rank after every listed one."""

@@ -87,14 +87,39 @@ def _traits(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+_MEMO_SIZE = 100_000
+
+
+def identifier(kind: str, raw: Any, rules: IdentityRules) -> Identifier | None:
+    """`raw` as a normalised identifier of `kind`, or None if it cannot match; remembered
+    per rules for text (emails and phones take a parser each time otherwise)."""
+    if raw.__class__ is not str:
+        value = normalise(kind, raw, rules)
+        return None if value is None else Identifier(kind, value)
+    memo: dict[tuple[str, str], Identifier | None] = rules.normalised  # type: ignore[attr-defined]
+    key = (kind, raw)
+    try:
+        return memo[key]
+    except KeyError:
+        pass
+    value = normalise(kind, raw, rules)
+    found = None if value is None else Identifier(kind, value)
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = found
+    return found
+
+
 def extract_identifiers(payload: dict[str, Any], rules: IdentityRules) -> list[Identifier]:
     """The person identifiers of one stored event, deduplicated, highest priority first."""
     found: set[Identifier] = set()
 
     def add(kind: str, raw: Any) -> None:
-        value = normalise(kind, raw, rules)
-        if value is not None:
-            found.add(Identifier(kind, value))
+        if raw is None:
+            return
+        ident = identifier(kind, raw, rules)
+        if ident is not None:
+            found.add(ident)
 
     add("user_id", payload.get("userId"))
     add("anonymous_id", payload.get("anonymousId"))

@@ -14,7 +14,7 @@ resolving to it. Every merge is recorded with its rule, the identifiers and the 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,7 +54,9 @@ class GraphState(Protocol):
 
     def owner(self, ident: Identifier) -> str | None: ...
 
-    def counts(self, profile_id: str) -> Counter[str]: ...
+    def counts(self, profile_id: str) -> Mapping[str, int]:
+        """Identifiers of each type the profile holds (read only)."""
+        ...
 
     def merge_count(self, profile_id: str) -> int: ...
 
@@ -65,10 +67,18 @@ def ordered_pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def _within_limits(counts: Counter[str], rules: IdentityRules) -> bool:
+def _within_limits(counts: Mapping[str, int], rules: IdentityRules) -> bool:
     if sum(counts.values()) > rules.max_identifiers_per_profile:
         return False
     return all(count <= rules.limit(kind) for kind, count in counts.items())
+
+
+def _plus(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """The two added up (plain dicts: Counter's arithmetic was ~4% of the main stage)."""
+    total = dict(counts)
+    for kind, count in more.items():
+        total[kind] = total.get(kind, 0) + count
+    return total
 
 
 class _MergeGuard:
@@ -109,7 +119,7 @@ def resolve(
         candidates.append(alias_of)
     owned = {ident: owner for ident in candidates if (owner := state.owner(ident)) is not None}
     cluster: list[str] = []
-    counts: Counter[str] = Counter()
+    counts: dict[str, int] = {}
     resolution = Resolution(profile_id=None)
     guard = _MergeGuard(state, rules)
 
@@ -117,17 +127,17 @@ def resolve(
         owner = owned.get(ident)
         rule = "alias" if ident == alias_of else "identifier"
         if owner is None:
-            counts[ident.type] += 1
-            if not _within_limits(counts, rules):
-                counts[ident.type] -= 1
+            grown = _plus(counts, {ident.type: 1})
+            if not _within_limits(grown, rules):
                 resolution.dropped.append(Dropped(ident, f"{ident.type} limit reached"))
                 continue
+            counts = grown
             resolution.new_identifiers.append(ident)
             continue
         if owner in cluster:
             continue
-        theirs = state.counts(owner)
-        if not _within_limits(counts + theirs, rules):
+        joined = _plus(counts, state.counts(owner))
+        if not _within_limits(joined, rules):
             resolution.dropped.append(Dropped(ident, "linking would exceed an identifier limit"))
             continue
         if cluster:
@@ -138,7 +148,7 @@ def resolve(
                 continue
             resolution.merged.append((owner, ident, rule))
         cluster.append(owner)
-        counts += theirs
+        counts = joined
 
     if not cluster:
         if not resolution.new_identifiers:
