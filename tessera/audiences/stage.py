@@ -276,9 +276,19 @@ class DerivedState:
             if name not in mine or mine[name] != value:
                 self._changed_values[pid].add(name)
             mine[name] = value
-            self.schedule[(pid, TRAIT_ITEM + name)] = (
-                computed.next_change(spec, state, self.now) if spec.window is not None else None
+            self._plan(
+                pid,
+                TRAIT_ITEM + name,
+                computed.next_change(spec, state, self.now) if spec.window is not None else None,
             )
+
+    def _plan(self, profile_id: str, item: str, moment: datetime | None) -> None:
+        """Schedule `item` for `profile_id` at `moment` (None: never). Most items never
+        have a moment (an audience without date conditions): unless one is stored or
+        planned, None is left out rather than planned as a no-op."""
+        key = (profile_id, item)
+        if moment is not None or key in self.schedule or item in self._scheduled[profile_id]:
+            self.schedule[key] = moment
 
     # -- audiences ------------------------------------------------------------------------
 
@@ -317,7 +327,7 @@ class DerivedState:
             if ready_only and not entry.live_for(profile_id):
                 continue
             result = evaluate(entry.definition, facts, self.now)
-            self.schedule[(profile_id, AUDIENCE_ITEM + audience_id)] = result.next_change
+            self._plan(profile_id, AUDIENCE_ITEM + audience_id, result.next_change)
             if result.member == (audience_id in mine):
                 continue
             if result.member:

@@ -49,9 +49,17 @@ def upsert(
         if sqlite and isinstance(table.c[column].type, UtcDateTime)
     }
     if times:
+        formatted: dict[datetime, str | None] = {}  # rows often share a time (`now`)
+
+        def stored(moment: datetime) -> str | None:
+            text = formatted.get(moment)
+            if text is None:
+                text = formatted[moment] = sqlite_time(moment)
+            return text
+
         params = [
             tuple(
-                sqlite_time(row[column]) if index in times else row[column]
+                stored(row[column]) if index in times and row[column] is not None else row[column]
                 for index, column in enumerate(columns)
             )
             for row in rows
