@@ -40,7 +40,8 @@ What one run does:
    created through `tessera.audiences.service` before any event is processed (and made ready
    by `run_maintenance`, which has nothing to replay yet). Each store is then drained in its
    own spawned process exactly as the `Processor` thread does it: `run_once` then
-   `run_maintenance`, in a loop, batch size TESSERA_PROCESSOR_BATCH_EVENTS (2,000 by default).
+   `run_maintenance`, in a loop, batch size TESSERA_PROCESSOR_BATCH_EVENTS (2,000 by default),
+   with the cyclic collector tuned as `tessera worker` tunes it (`tune_gc_for_processing`).
    Store A is the reference measured in the same run: events/s of both, and B/A.
    Store C, a copy of B made before its drain, is drained with the stages separate
    (TESSERA_PROCESSOR_DERIVED=separate), in two spawned processes started together, as
