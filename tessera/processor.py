@@ -419,7 +419,11 @@ class Pipeline:
         }
         merged = list(
             conn.execute(
-                sa.select(profile_merges.c.survivor_id, profile_merges.c.absorbed_id)
+                sa.select(
+                    profile_merges.c.seq,
+                    profile_merges.c.survivor_id,
+                    profile_merges.c.absorbed_id,
+                )
                 .where(profile_merges.c.seq >= first, profile_merges.c.seq <= last)
                 .order_by(profile_merges.c.seq, profile_merges.c.id)
             )
@@ -428,6 +432,7 @@ class Pipeline:
         # absorbed profile's events in its transaction): the owners are final already.
         final = _current_survivors(conn, {row.survivor_id for row in merged}) if merged else {}
         fresh = {pid for seq, pid in owners.items() if pid == graph.profile_id_for(seq)}
+        merging = {row.seq for row in merged}
         changed: dict[str, set[str]] = {}
         consent_changed: set[str] = set()
         batch: list[_Event] = []
@@ -438,10 +443,12 @@ class Pipeline:
             if pid is None:
                 continue
             # Most events feed no computed trait and carry no trait or consent: those are
-            # neither parsed nor loaded (unless they created their profile). Those whose
-            # traits read only their type and name are not parsed either.
+            # neither parsed nor loaded, unless they created their profile or merged one
+            # into it (the survivor must be loaded to absorb, and evaluated after). Those
+            # whose traits read only their type and name are not parsed either.
             carries = row.type == "identify" or _may_carry_traits(row.payload)
-            if not (carries or any_name or row.name in catalog.traits_by_event or pid in fresh):
+            kept = any_name or row.name in catalog.traits_by_event
+            if not (carries or kept or pid in fresh or row.seq in merging):
                 continue
             if not (carries or any_payload or row.name in catalog.payload_events):
                 name_field = "event" if row.type == "track" else "name"

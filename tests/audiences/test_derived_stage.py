@@ -315,3 +315,29 @@ def test_deleting_an_audience_while_the_derived_stage_lags(engine: Engine) -> No
         reset_derived_state(conn)
     settle(engine, make_pipeline(clock))
     assert derived(engine) == after
+
+
+def test_a_merge_by_an_event_no_trait_reads_folds_into_the_survivor(engine: Engine) -> None:
+    """A device's order, then cat's; a Product Viewed (which no computed trait reads) ties
+    the device to cat. The separate derived stage must still load cat to absorb the device:
+    it once skipped that event, and the device's state replaced cat's (spend 10, not 35)."""
+    clock = Clock(T0 + timedelta(days=1))
+    pipe = separate(clock)
+    define(engine)
+    settle_derived(engine, pipe)
+    ingest(engine, [order("cat", 25, T0), order("dan", 10, T0, userId=None, anonymousId="d1")])
+    run_main(engine, pipe)
+    settle_derived(engine, pipe)
+    viewed = {"type": "track", "userId": "cat", "anonymousId": "d1", "event": "Product Viewed"}
+    ingest(engine, [{**viewed, "timestamp": T0.isoformat()}])
+    run_main(engine, pipe)
+    settle_derived(engine, pipe)
+    with engine.connect() as conn:
+        values = computed_trait_values_of(conn, profile_id(engine, "user_id:cat"))
+    assert values["spend"]["value"] == 35
+    assert values["orders_30d"]["value"] == 2
+    after = derived(engine)
+    with engine.begin() as conn:
+        reset_derived_state(conn)
+    settle(engine, make_pipeline(clock))
+    assert derived(engine) == after
