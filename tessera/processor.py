@@ -664,17 +664,21 @@ def _claim(conn: Connection, name: str, *, lock: bool) -> _Claim:
     """
     now = datetime.now(UTC)
     if lock:
-        existing = conn.execute(
+        hold = (
             sa.update(processor_state)
             .where(processor_state.c.name == name)
             .values(updated_at=now, version=processor_state.c.version + 1)
         )
-        if existing.rowcount == 0:
+        if conn.execute(hold).rowcount == 0:
+            # A new store: another process may be creating the row at this moment too
+            # (a plain INSERT then failed on the key), so create it if absent, then hold.
+            module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
             conn.execute(
-                processor_state.insert().values(
-                    name=name, position=0, unattributed_events=0, version=0, updated_at=now
-                )
+                module.insert(processor_state)
+                .values(name=name, position=0, unattributed_events=0, version=0, updated_at=now)
+                .on_conflict_do_nothing()
             )
+            conn.execute(hold)
     row = conn.execute(
         sa.select(
             processor_state.c.position,

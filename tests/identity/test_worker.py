@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tessera.processor import lag, reset_derived_state
+from tessera.processor import _lock_position, lag, reset_derived_state
 from tests.identity.helpers import ingest, process, snapshot
 
 
@@ -81,3 +82,32 @@ def test_killed_worker_loses_nothing_and_applies_nothing_twice(
         reset_derived_state(conn)
     process(engine)
     assert snapshot(engine) == after_kill  # the same as one clean, uninterrupted run
+
+
+def test_two_processes_creating_a_position_row_at_once_both_get_it(engine: Engine) -> None:
+    """A new store has no row for a processor's position: the first to hold it creates it.
+    One process holds a row it just created; another asks for the same row meanwhile. It
+    waits, then holds it in turn (it once failed on the duplicate key, and a failure
+    reported by `record_failure` beside a starting worker went uncounted)."""
+    errors: list[BaseException] = []
+    with engine.begin() as first:
+        _lock_position(first, "race")
+
+        def second() -> None:
+            try:
+                with engine.begin() as conn:
+                    _lock_position(conn, "race")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(0.5)  # the second one is waiting for the first one's row by now
+    other.join(timeout=30)
+    assert not other.is_alive()
+    assert errors == []
+    with engine.connect() as conn:
+        version = conn.execute(
+            sa.text("SELECT version FROM processor_state WHERE name = 'race'")
+        ).scalar_one()
+    assert version == 2  # created by the first, held once by each
