@@ -201,8 +201,8 @@ class Settings(BaseSettings):
         description=(
             "Profiles whose computed-trait states, memberships and schedule the processor "
             "keeps in memory between batches (the least recently touched go first), so a "
-            "batch does not load and parse them again; 0 keeps none. Some 10 KB a profile "
-            "with 50 audiences. Dropped whenever another writer (an unmerge, a rebuild, a "
+            "batch does not load and parse them again; 0 keeps none. Some 10-15 KB a "
+            "profile with 50 audiences. Dropped whenever another writer (an unmerge, a rebuild, a "
             "definition change) touched derived state."
         ),
     )

@@ -24,12 +24,13 @@ if one dies). Locks are always taken main first, then derived.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
@@ -733,12 +734,8 @@ def run_once(
     applied."""
     limit = limit or pipeline.config.batch_events
     resident = pipeline.resident if name == MAIN else None
-    try:
+    with _dropped_on_failure(resident):
         applied, derived = _apply_next(engine, pipeline, name=name, limit=limit, resident=resident)
-    except BaseException:
-        if resident is not None:
-            resident.clear()
-        raise
     if resident is not None and derived is not None:
         resident.commit(version=derived.version, position=derived.position)
     return applied
@@ -791,6 +788,18 @@ def _apply_next(
         return len(rows), derived
 
 
+@contextlib.contextmanager
+def _dropped_on_failure(resident: Resident | None) -> Iterator[None]:
+    """A transaction that fails (or is refused: `PositionMoved`) leaves the resident
+    working set empty: what it lent may have been changed in memory."""
+    try:
+        yield
+    except BaseException:
+        if resident is not None:
+            resident.clear()
+        raise
+
+
 def _set_position(conn: Connection, name: str, position: int) -> None:
     conn.execute(
         sa.update(processor_state).where(processor_state.c.name == name).values(position=position)
@@ -810,19 +819,14 @@ def run_derived_once(engine: Engine, pipeline: Pipeline, *, limit: int | None = 
     many events it moved past (0: it is level with the main stage)."""
     limit = limit or pipeline.config.batch_events
     resident = pipeline.resident
-    try:
-        with engine.begin() as conn:
-            claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
-            before = claim.position
-            if resident is not None:
-                resident.open(version=claim.seen, position=claim.position)
-            head = _position(conn, MAIN)
-            if claim.position < head:
-                _derive_range(conn, pipeline, claim, head=head, limit=limit, resident=resident)
-    except BaseException:
+    with _dropped_on_failure(resident), engine.begin() as conn:
+        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+        before = claim.position
         if resident is not None:
-            resident.clear()
-        raise
+            resident.open(version=claim.seen, position=claim.position)
+        head = _position(conn, MAIN)
+        if claim.position < head:
+            _derive_range(conn, pipeline, claim, head=head, limit=limit, resident=resident)
     if resident is not None and claim.locked:  # PostgreSQL locks (and bumps) even when level
         resident.commit(version=claim.version, position=claim.position)
     return claim.position - before
@@ -874,16 +878,11 @@ def run_maintenance(engine: Engine, pipeline: Pipeline) -> int:
     it, and time's re-evaluations drop the profiles they touched."""
     resident = pipeline.resident
     touched: set[str] = set()
-    try:
-        with engine.begin() as conn:
-            claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
-            if resident is not None:
-                resident.open(version=claim.seen, position=claim.position)
-            done, stepped = _maintain(conn, pipeline, claim, touched)
-    except BaseException:
+    with _dropped_on_failure(resident), engine.begin() as conn:
+        claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
         if resident is not None:
-            resident.clear()
-        raise
+            resident.open(version=claim.seen, position=claim.position)
+        done, stepped = _maintain(conn, pipeline, claim, touched)
     if resident is not None and claim.locked:
         if stepped:
             resident.clear()

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tessera.config import DEFAULT_BLOCKED_VALUES, Settings
 from tessera.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tessera.identity.extract import Identifier
 
 # Built-in types, highest priority first; custom types from context.externalIds follow.
 BUILT_IN_TYPES = ("user_id", "email", "phone", "anonymous_id", "device_id", "advertising_id")
@@ -30,13 +34,15 @@ class IdentityRules:
     default_region: str = "US"
     max_identifiers_per_profile: int = 500
     max_merges_per_profile: int = 100
+    # (type, raw text) → its normalised identifier or None: `extract.identifier`'s memo (a
+    # person's ids recur in every event they send).
+    normalised: dict[tuple[str, str], Identifier | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Looked up for every identifier of every event: a dict, not tuple.index.
         object.__setattr__(self, "_ranks", {kind: i for i, kind in enumerate(self.priority)})
-        # (type, raw text) → its normalised identifier or None: `extract.identifier`'s
-        # memo (a person's ids recur in every event they send).
-        object.__setattr__(self, "normalised", {})
 
     def rank(self, kind: str) -> int:
         """Lower is higher priority; unknown (custom) types rank after every listed one."""

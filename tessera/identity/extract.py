@@ -96,7 +96,7 @@ def identifier(kind: str, raw: Any, rules: IdentityRules) -> Identifier | None:
     if raw.__class__ is not str:
         value = normalise(kind, raw, rules)
         return None if value is None else Identifier(kind, value)
-    memo: dict[tuple[str, str], Identifier | None] = rules.normalised  # type: ignore[attr-defined]
+    memo = rules.normalised
     key = (kind, raw)
     try:
         return memo[key]

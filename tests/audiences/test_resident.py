@@ -4,7 +4,6 @@ equal to a rebuild, and to the same run with nothing kept."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -24,6 +23,18 @@ def spend(engine: Engine, user: str) -> float:
     with engine.connect() as conn:
         value = computed_trait_values_of(conn, profile_id(engine, f"user_id:{user}"))
     return float(value["spend"]["value"])
+
+
+def ann_kept(engine: Engine, clock: Clock) -> Pipeline:
+    """A separate pipeline whose derived stage applied one of ann's orders and kept her."""
+    pipe = separate(clock)
+    define(engine)
+    settle(engine, pipe)
+    ingest(engine, [order("ann", 10, T0)])
+    run_main(engine, pipe)
+    settle_derived(engine, pipe)
+    assert pipe.resident is not None and len(pipe.resident) == 1
+    return pipe
 
 
 def rebuilt(engine: Engine, clock: Clock) -> dict[str, list[tuple[object, ...]]]:
@@ -63,8 +74,7 @@ def test_nothing_kept_gives_the_same_result(engine: Engine) -> None:
     with engine.begin() as conn:
         reset_derived_state(conn)
     unkept = separate(clock)
-    unkept.config = replace(unkept.config, resident_profiles=0)
-    unkept.resident = None
+    unkept.resident = None  # what `TESSERA_PROCESSOR_RESIDENT_PROFILES=0` builds
     settle(engine, unkept)
     settle_derived(engine, unkept)
     assert derived(engine) == with_resident
@@ -74,13 +84,7 @@ def test_another_processor_writing_drops_what_was_kept(engine: Engine) -> None:
     """A separate derived stage keeps ann; another process's inline processor then counts
     two more of ann's orders. What the first kept is stale: it must load ann again."""
     clock = Clock(T0 + timedelta(days=1))
-    first = separate(clock)
-    define(engine)
-    settle(engine, first)
-    ingest(engine, [order("ann", 10, T0)])
-    run_main(engine, first)
-    settle_derived(engine, first)
-    assert first.resident is not None and len(first.resident) == 1
+    first = ann_kept(engine, clock)
     other = make_pipeline(clock)  # inline, level: derives in its own transaction
     ingest(engine, [order("ann", 20, T0), order("ann", 30, T0)])
     settle(engine, other)
@@ -137,13 +141,8 @@ def test_a_failed_batch_drops_what_was_kept(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock(T0 + timedelta(days=1))
-    pipe = separate(clock)
-    define(engine)
-    settle(engine, pipe)
-    ingest(engine, [order("ann", 10, T0)])
-    run_main(engine, pipe)
-    settle_derived(engine, pipe)
-    assert pipe.resident is not None and len(pipe.resident) == 1
+    pipe = ann_kept(engine, clock)
+    assert pipe.resident is not None
     ingest(engine, [order("ann", 20, T0)])
     run_main(engine, pipe)
     flush = DerivedState.flush
