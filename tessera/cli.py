@@ -344,7 +344,14 @@ def rebuild() -> None:
 
     from rich.progress import Progress
 
-    from tessera.processor import Pipeline, lag, reset_derived_state, run_maintenance, run_once
+    from tessera.processor import (
+        Pipeline,
+        ensure_layout,
+        lag,
+        reset_derived_state,
+        run_maintenance,
+        run_once,
+    )
     from tessera.processor_models import DERIVED
 
     settings = _settings()
@@ -354,9 +361,10 @@ def rebuild() -> None:
         # Destinations have had these messages: the replay queues none of them again.
         pipeline = Pipeline.from_settings(settings, activate=False)
         # One process replays both stages together, whatever the workers do day to day.
-        pipeline.config = replace(pipeline.config, derived="inline")
+        pipeline.config = replace(pipeline.config, derived="inline", partitions=1)
         with engine.begin() as conn:
             reset_derived_state(conn)
+        ensure_layout(engine, pipeline)  # partitioned workers lay theirs out again
         with engine.connect() as conn:
             total = lag(conn).events
         with Progress(console=err) as progress:
@@ -402,7 +410,9 @@ def worker(
     Processors take turns on each stage of the log: one applies a batch while the others
     wait, so a worker killed mid-batch loses nothing and another carries on from its
     position. With TESSERA_PROCESSOR_DERIVED=separate, a `--stage main` worker and a
-    `--stage derived` worker run the two stages side by side, each on its own core.
+    `--stage derived` worker run the two stages side by side, each on its own core; with
+    TESSERA_PROCESSOR_PARTITIONS=N as well, several `--stage derived` workers share the
+    derived stage's N partitions (by profile), each partition applied by one at a time.
     """
     import signal
     import threading

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BLOCKED_VALUES = (
@@ -206,6 +206,19 @@ class Settings(BaseSettings):
             "definition change) touched derived state."
         ),
     )
+    processor_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description=(
+            "Partitions the derived stage (computed traits, audiences) runs in, by profile: "
+            "each has its own log position and is applied by whichever `tessera worker "
+            "--stage derived` holds it, so several workers on PostgreSQL share the stage and "
+            "one profile's events are applied in order by one of them at a time. More than "
+            "1 needs `processor_derived=separate`. Every process must use the same number; "
+            "a worker that finds another one levels the partitions and starts its own."
+        ),
+    )
     processor_batch_events: int = Field(
         default=2000, gt=0, description="Most events the processor applies in one transaction."
     )
@@ -335,6 +348,15 @@ class Settings(BaseSettings):
                 f"database_url {value!r} is neither sqlite:///PATH nor postgresql+psycopg://..."
             )
         return value
+
+    @model_validator(mode="after")
+    def _partitions_run_separately(self) -> Settings:
+        if self.processor_partitions > 1 and self.processor_derived != "separate":
+            raise ValueError(
+                f"processor_partitions={self.processor_partitions} needs "
+                "processor_derived=separate: partitions are the derived stage's own workers"
+            )
+        return self
 
     @property
     def base_url(self) -> str:

@@ -25,8 +25,10 @@ if one dies). Locks are always taken main first, then derived.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -63,7 +65,15 @@ from tessera.identity.graph import ordered_pair
 from tessera.identity.models import dropped_identifiers, identities, merge_blocks, profile_merges
 from tessera.ingest.models import sources
 from tessera.logs import event
-from tessera.processor_models import DERIVED, MAIN, processor_state
+from tessera.processor_models import (
+    DERIVED,
+    MAIN,
+    PARTITION_NAMES,
+    partition_name,
+    partition_of,
+    partition_sql,
+    processor_state,
+)
 from tessera.profiles.batch import ProfileBatch
 from tessera.profiles.models import (
     computed_trait_values,
@@ -89,6 +99,8 @@ class ProcessorConfig:
     # "inline": `run_once` applies computed traits and audiences in its transaction;
     # "separate": `run_derived_once` does, in a worker of its own.
     derived: Literal["inline", "separate"] = "inline"
+    # Partitions the derived stage runs in, by profile (1: none; more needs "separate").
+    partitions: int = 1
     # Profiles whose derived state the stage keeps in memory between batches (0: none).
     resident_profiles: int = 50_000
     # Messages queued for destinations are retried this long before they turn dead letters.
@@ -128,6 +140,7 @@ class Pipeline:
                 trait_policies=settings.trait_policies,
                 batch_events=settings.processor_batch_events,
                 derived=settings.processor_derived,
+                partitions=settings.processor_partitions,
                 resident_profiles=settings.processor_resident_profiles,
                 delivery_max_age_seconds=settings.delivery_max_age_seconds,
             ),
@@ -154,9 +167,21 @@ class Pipeline:
         # The derived stage's working set between batches; only the processor's own loop
         # (`run_once`, `run_derived_once`, `run_maintenance`) uses it.
         self.resident = Resident(config.resident_profiles) if config.resident_profiles else None
+        # One per partition of the derived stage this process applied (each partition's
+        # row has its own version), sharing the capacity.
+        self._partition_residents: dict[int, Resident] = {}
         # Identifiers the rules left unlinked in the current batch, by reason; written
         # with the batch (`run_once`), so a rolled-back batch counts nothing.
         self.batch_drops: Counter[str] = Counter()
+
+    def partition_resident(self, partition: int) -> Resident | None:
+        """The resident working set of one partition of the derived stage."""
+        if not self.config.resident_profiles:
+            return None
+        if partition not in self._partition_residents:
+            share = max(1, self.config.resident_profiles // self.config.partitions)
+            self._partition_residents[partition] = Resident(share)
+        return self._partition_residents[partition]
 
     def policies(self, conn: Connection, source_ids: set[int]) -> TraitPolicies:
         if self._policies is None or not source_ids <= set(self._policies.source_names):
@@ -359,6 +384,7 @@ class Pipeline:
         facts: Callable[[DerivedState, set[str]], None],
         evaluate_all: bool,
         resident: Resident | None,
+        not_evaluated: set[str] | None = None,
     ) -> DerivedState:
         """The derived stage proper, whichever stage feeds it: `owners` maps each event's
         seq to its final profile, `merges` are (final survivor, absorbed) in log order,
@@ -383,6 +409,8 @@ class Pipeline:
         derived.settle_values()
         facts(derived, set(touched))
         for pid, message_id in touched.items():
+            if not_evaluated and pid in not_evaluated:
+                continue
             affected = derived.affected(
                 pid,
                 traits=changed.get(pid, set()),
@@ -432,8 +460,100 @@ class Pipeline:
         # The main stage keeps `event_profiles` pointing at survivors (a merge repoints the
         # absorbed profile's events in its transaction): the owners are final already.
         final = _current_survivors(conn, {row.survivor_id for row in merged}) if merged else {}
-        fresh = {pid for seq, pid in owners.items() if pid == graph.profile_id_for(seq)}
-        merging = {row.seq for row in merged}
+        return self._derive_logged(
+            conn,
+            catalog,
+            rows,
+            owners=owners,
+            merges=[
+                (final.get(row.survivor_id, row.survivor_id), row.absorbed_id) for row in merged
+            ],
+            merging={row.seq for row in merged},
+            fresh={pid for seq, pid in owners.items() if pid == graph.profile_id_for(seq)},
+            resident=resident,
+        )
+
+    def derive_partition_rows(
+        self,
+        conn: Connection,
+        rows: list[Any],
+        *,
+        partition: int,
+        partitions: int,
+        merged: list[Any],
+        resident: Resident | None = None,
+    ) -> DerivedState | None:
+        """The derived stage for one partition's share of `rows`: the events the main stage
+        attributed to the partition's profiles when it applied them (`applied_to`, which a
+        later merge does not move), and `merged`, the range's merges whose survivor is the
+        partition's (the caller checked that each absorbed profile's partition has passed
+        the merge). A merge within the range resolves the absorbed profile's events to its
+        survivor, as the inline mode does; one after it leaves them with the absorbed
+        profile, whose state its survivor's partition takes when it gets there."""
+        catalog = self.catalog(conn)
+        if not catalog.traits and not catalog.audiences:
+            return None
+        applied = sa.func.coalesce(event_profiles.c.applied_to, event_profiles.c.profile_id)
+        found = conn.execute(
+            sa.select(event_profiles.c.seq, applied).where(
+                event_profiles.c.seq >= rows[0].seq,
+                event_profiles.c.seq <= rows[-1].seq,
+                event_profiles.c.profile_id.is_not(None),
+                partition_sql(applied, partitions) == partition,
+            )
+        )
+        survivor_of = {row.absorbed_id: row.survivor_id for row in merged}
+
+        def final(pid: str) -> str:
+            while pid in survivor_of:
+                pid = survivor_of[pid]
+            return pid
+
+        owners: dict[int, str] = {}
+        fresh: set[str] = set()
+        for seq, pid in found:
+            owners[int(seq)] = final(pid)
+            if pid == graph.profile_id_for(seq):
+                fresh.add(final(pid))
+        # A profile the main stage has merged since is not evaluated: its survivor's
+        # partition takes its state and evaluates the survivor afresh.
+        absorbed_later: set[str] = set()
+        for chunk in chunked(sorted(set(owners.values()))):
+            absorbed_later.update(
+                conn.execute(
+                    sa.select(profiles.c.id).where(
+                        profiles.c.id.in_(chunk), profiles.c.merged_into.is_not(None)
+                    )
+                ).scalars()
+            )
+        return self._derive_logged(
+            conn,
+            catalog,
+            rows,
+            owners=owners,
+            merges=[(final(row.survivor_id), row.absorbed_id) for row in merged],
+            merging={row.seq for row in merged},
+            fresh=fresh,
+            resident=resident,
+            not_evaluated=absorbed_later,
+        )
+
+    def _derive_logged(
+        self,
+        conn: Connection,
+        catalog: Catalog,
+        rows: list[Any],
+        *,
+        owners: dict[int, str],
+        merges: list[tuple[str, str]],
+        merging: set[int],
+        fresh: set[str],
+        resident: Resident | None,
+        not_evaluated: set[str] | None = None,
+    ) -> DerivedState:
+        """The derived stage over events the main stage applied (separate mode, or a
+        partition): `owners` maps the seqs to derive to their profiles, `merges` are
+        (survivor, absorbed) in log order and `merging` their seqs."""
         changed: dict[str, set[str]] = {}
         consent_changed: set[str] = set()
         batch: list[_Event] = []
@@ -472,15 +592,14 @@ class Pipeline:
             catalog,
             batch,
             owners=owners,
-            merges=[
-                (final.get(row.survivor_id, row.survivor_id), row.absorbed_id) for row in merged
-            ],
+            merges=merges,
             fresh=fresh,
             changed=changed,
             consent_changed=consent_changed,
             facts=facts,
             evaluate_all=False,
             resident=resident,
+            not_evaluated=not_evaluated,
         )
 
     def _parse(self, row: Any) -> _Event:
@@ -640,6 +759,11 @@ class PositionMoved(TesseraError):
     """Another processor applied the batch first (SQLite's optimistic claim); retry."""
 
 
+class LayoutChanged(PositionMoved):
+    """The derived stage runs in another number of partitions than this process's
+    setting: `ensure_layout` levels them and lays out this process's."""
+
+
 @dataclass
 class _Claim:
     name: str
@@ -647,6 +771,7 @@ class _Claim:
     unattributed: int
     version: int  # the row's version; once `locked`, the one this transaction leaves
     locked: bool
+    partitions: int = 1  # on the derived row: the partitions the stage runs in
 
     @property
     def seen(self) -> int:
@@ -685,11 +810,19 @@ def _claim(conn: Connection, name: str, *, lock: bool) -> _Claim:
             processor_state.c.position,
             processor_state.c.unattributed_events,
             processor_state.c.version,
+            processor_state.c.partitions,
         ).where(processor_state.c.name == name)
     ).first()
     if row is None:
         return _Claim(name, 0, 0, -1, locked=False)
-    return _Claim(name, int(row.position), int(row.unattributed_events), int(row.version), lock)
+    return _Claim(
+        name,
+        int(row.position),
+        int(row.unattributed_events),
+        int(row.version),
+        lock,
+        int(row.partitions),
+    )
 
 
 def _confirm(conn: Connection, claim: _Claim) -> None:
@@ -755,8 +888,10 @@ def _apply_next(
         derived: _Claim | None = None
         if pipeline.config.derived == "inline" and name == MAIN:
             derived = _claim(conn, DERIVED, lock=lock)
-            if derived.position != claim.position:
-                derived = None  # behind (it ran separately): `run_derived_once` catches up
+            if derived.position != claim.position or derived.partitions != 1:
+                # Behind (it ran separately; `run_derived_once` catches up), or left in
+                # partitions (`ensure_layout` levels them first).
+                derived = None
         if derived is None:
             resident = None
         elif resident is not None:
@@ -821,6 +956,8 @@ def run_derived_once(engine: Engine, pipeline: Pipeline, *, limit: int | None = 
     resident = pipeline.resident
     with _dropped_on_failure(resident), engine.begin() as conn:
         claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+        if claim.partitions != 1:
+            raise LayoutChanged("the derived stage runs in partitions; levelling them")
         before = claim.position
         if resident is not None:
             resident.open(version=claim.seen, position=claim.position)
@@ -856,10 +993,15 @@ def _derive_range(
 
 def catch_up_derived(conn: Connection, pipeline: Pipeline) -> int:
     """In the caller's transaction, which holds the main position: hold the derived one
-    and derive every event the main stage has applied (an unmerge needs both stages level
-    before it re-derives a cluster). Returns the events derived."""
+    (and its partitions') and derive every event the main stage has applied (an unmerge
+    needs both stages level before it re-derives a cluster). Returns the events derived."""
     head = _position(conn, MAIN)
+    _hold_partitions(conn)
     claim = _lock_position(conn, DERIVED)
+    if claim.partitions > 1:
+        _level_partitions(conn, pipeline, claim.partitions, head)
+        _set_position(conn, DERIVED, head)
+        return head - claim.position
     derived = 0
     while claim.position < head:
         before = claim.position
@@ -876,10 +1018,14 @@ def run_maintenance(engine: Engine, pipeline: Pipeline) -> int:
 
     The stage's resident working set stays right across it: a backfill or a build drops
     it, and time's re-evaluations drop the profiles they touched."""
+    if pipeline.config.partitions > 1:
+        return _maintain_partitioned(engine, pipeline)
     resident = pipeline.resident
     touched: set[str] = set()
     with _dropped_on_failure(resident), engine.begin() as conn:
         claim = _claim(conn, DERIVED, lock=conn.dialect.name == "postgresql")
+        if claim.partitions != 1:
+            raise LayoutChanged("the derived stage runs in partitions; levelling them")
         if resident is not None:
             resident.open(version=claim.seen, position=claim.position)
         done, stepped = _maintain(conn, pipeline, claim, touched)
@@ -919,6 +1065,374 @@ def _maintain(
     done += run_due(conn, pipeline.catalog(conn), now, touched=touched)
     pipeline.fan_out_changes(conn)
     return done + (1 if changes else 0), stepped
+
+
+# -- the derived stage in partitions ------------------------------------------------------
+#
+# With `partitions` > 1 the derived stage runs in that many partitions by profile
+# (`partition_of`), each with its own position row ("derived.0", …) that one worker at a
+# time holds. A partition derives the events the main stage attributed to its profiles
+# when it applied them (`event_profiles.applied_to`, which merges leave alone), in log
+# order, so one profile's events are applied in order, by one worker at a time.
+#
+# - **Merges across partitions.** A merge at seq `s` is the survivor's partition's to
+#   apply: it takes the absorbed profile's state as that profile's partition committed
+#   it, so it waits until that partition has passed `s - 1` (it derives up to the merge,
+#   commits, and looks again), and holds that partition's row while it absorbs (nothing
+#   there can write the absorbed profile meanwhile; the bumped version drops what that
+#   partition kept resident). Whichever partition waits on another, the one waiting at
+#   the smallest seq can always go on, so none waits for ever.
+# - **One writer of the change stream at a time.** A partition computes without the
+#   stage's row ("derived") and holds it from its flush to its commit, so audience
+#   changes commit in seq order, as the activation cursor needs. The stage row's
+#   position is the smallest partition's (lag, readiness).
+# - **Work over every profile** (a backfill, a build, an unmerge, a rebuild, a new
+#   layout) holds every partition's row, then the stage's; a backfill and a new layout
+#   first level the partitions (derive the ones behind up to the one furthest ahead).
+#
+# Lock order: main; partitions (a whole-stage holder takes them all, in name order, and
+# waits; a partition takes its own and the ones it absorbs from without waiting); derived.
+
+
+def _hold_partitions(conn: Connection) -> list[_Claim]:
+    """Wait for and hold every partition's row (for work over the whole stage)."""
+    names = list(
+        conn.execute(
+            sa.select(processor_state.c.name)
+            .where(processor_state.c.name.like(PARTITION_NAMES))
+            .order_by(processor_state.c.name)
+        ).scalars()
+    )
+    return [_lock_position(conn, name) for name in names]
+
+
+def _partition_positions(conn: Connection) -> dict[int, int]:
+    return {
+        int(name.rsplit(".", 1)[1]): int(position)
+        for name, position in conn.execute(
+            sa.select(processor_state.c.name, processor_state.c.position).where(
+                processor_state.c.name.like(PARTITION_NAMES)
+            )
+        )
+    }
+
+
+def _try_partition(conn: Connection, partition: int) -> _Claim | None:
+    """Hold one partition's row without waiting; None when another worker holds it (or
+    it does not exist). SQLite: an optimistic claim, confirmed before the flush."""
+    name = partition_name(partition)
+    if conn.dialect.name != "postgresql":
+        claim = _claim(conn, name, lock=False)
+        return claim if claim.version >= 0 else None
+    row = conn.execute(
+        sa.select(processor_state.c.position, processor_state.c.version)
+        .where(processor_state.c.name == name)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        sa.update(processor_state)
+        .where(processor_state.c.name == name)
+        .values(updated_at=datetime.now(UTC), version=processor_state.c.version + 1)
+    )
+    return _Claim(name, int(row.position), 0, int(row.version) + 1, locked=True)
+
+
+def _derive_partition(
+    conn: Connection,
+    pipeline: Pipeline,
+    claim: _Claim,
+    *,
+    partitions: int,
+    head: int,
+    limit: int,
+    resident: Resident | None,
+    held: dict[int, _Claim] | None,
+) -> DerivedState | None:
+    """Derive the next events of `claim`'s partition (no further than `head`, and not
+    past a merge whose absorbed profile's partition is behind it); move `claim.position`
+    on. `held` collects the other partitions' rows taken for merges (None: the caller
+    holds every partition already)."""
+    partition = int(claim.name.rsplit(".", 1)[1])
+    rows = _next_events(conn, after=claim.position, upto=head, limit=limit)
+    if not rows:
+        claim.position = head  # the events up to `head` are gone (retention)
+        return None
+    end = rows[-1].seq if len(rows) == limit else head
+    mine: list[Any] = []
+    positions = _partition_positions(conn) if held is None else {}
+    for merge in conn.execute(
+        sa.select(profile_merges.c.seq, profile_merges.c.survivor_id, profile_merges.c.absorbed_id)
+        .where(profile_merges.c.seq >= rows[0].seq, profile_merges.c.seq <= rows[-1].seq)
+        .order_by(profile_merges.c.seq, profile_merges.c.id)
+    ):
+        if partition_of(merge.survivor_id, partitions) != partition:
+            continue
+        other = partition_of(merge.absorbed_id, partitions)
+        if other != partition:
+            if held is None:
+                passed = positions.get(other, 0)
+            else:
+                if other not in held:
+                    taken = _try_partition(conn, other)
+                    if taken is None:
+                        end = merge.seq - 1
+                        break
+                    held[other] = taken
+                passed = held[other].position
+            if passed < merge.seq - 1:
+                end = merge.seq - 1  # derive up to the merge; absorb once it has passed
+                break
+        mine.append(merge)
+    if end <= claim.position:
+        return None
+    rows = [row for row in rows if row.seq <= end]
+    derived = (
+        pipeline.derive_partition_rows(
+            conn,
+            rows,
+            partition=partition,
+            partitions=partitions,
+            merged=mine,
+            resident=resident,
+        )
+        if rows
+        else None
+    )
+    claim.position = end
+    return derived
+
+
+def _commit_partition(
+    conn: Connection,
+    pipeline: Pipeline,
+    claim: _Claim,
+    held: dict[int, _Claim],
+    derived: DerivedState | None,
+) -> None:
+    """Write a partition's batch: confirm its rows, hold the stage's, refuse the batch if
+    the layout or a definition changed meanwhile, then flush, fan out, and move the
+    partition's position and the stage's."""
+    _confirm(conn, claim)
+    for other in held.values():
+        _confirm(conn, other)
+    _hold_stage(conn, pipeline.config.partitions)
+    if derived is not None:
+        if catalog_version(conn) != derived.catalog.version:
+            raise PositionMoved("a computed trait or audience changed; the batch is retried")
+        derived.flush(conn)
+    pipeline.fan_out_changes(conn)
+    _set_position(conn, claim.name, claim.position)
+    _set_stage_position(conn)
+
+
+def _hold_stage(conn: Connection, partitions: int) -> _Claim:
+    stage = _lock_position(conn, DERIVED)
+    if stage.partitions != partitions:
+        raise LayoutChanged(
+            f"the derived stage runs in {stage.partitions} partitions, not {partitions}"
+        )
+    return stage
+
+
+def _set_stage_position(conn: Connection) -> None:
+    """The stage's position: the smallest partition's (every event up to it is derived)."""
+    lowest = (
+        sa.select(sa.func.min(processor_state.c.position))
+        .where(processor_state.c.name.like(PARTITION_NAMES))
+        .scalar_subquery()
+    )
+    conn.execute(
+        sa.update(processor_state).where(processor_state.c.name == DERIVED).values(position=lowest)
+    )
+
+
+def _level_partitions(conn: Connection, pipeline: Pipeline, partitions: int, target: int) -> None:
+    """Derive every partition up to `target`; the caller holds every partition's row."""
+    while True:
+        behind = {k: at for k, at in _partition_positions(conn).items() if at < target}
+        if not behind:
+            return
+        moved = False
+        for partition, at in sorted(behind.items()):
+            claim = _Claim(partition_name(partition), at, 0, 0, locked=True)
+            derived = _derive_partition(
+                conn,
+                pipeline,
+                claim,
+                partitions=partitions,
+                head=target,
+                limit=pipeline.config.batch_events,
+                resident=None,
+                held=None,
+            )
+            if claim.position > at:
+                if derived is not None:
+                    derived.flush(conn)
+                _set_position(conn, claim.name, claim.position)
+                moved = True
+        if not moved:  # cannot happen: the partition waiting at the smallest seq can go on
+            raise RuntimeError(f"the derived stage's partitions cannot reach {target}")
+
+
+def run_partition_once(
+    engine: Engine, pipeline: Pipeline, partition: int, *, limit: int | None = None
+) -> int:
+    """Apply one partition of the derived stage to its next batch of events, unless
+    another worker holds it; return how many events it moved past (0: level with the
+    main stage, held elsewhere, or waiting for another partition to pass a merge)."""
+    limit = limit or pipeline.config.batch_events
+    partitions = pipeline.config.partitions
+    resident = pipeline.partition_resident(partition)
+    with engine.connect() as conn:  # a cheap look first: an idle partition takes no lock
+        marks = dict(
+            conn.execute(
+                sa.select(processor_state.c.name, processor_state.c.position).where(
+                    processor_state.c.name.in_([MAIN, partition_name(partition)])
+                )
+            ).all()
+        )
+    if partition_name(partition) not in marks:
+        raise LayoutChanged(f"the derived stage has no partition {partition}")
+    if marks[partition_name(partition)] >= marks.get(MAIN, 0):
+        return 0
+    held: dict[int, _Claim] = {}
+    with _dropped_on_failure(resident), engine.begin() as conn:
+        claim = _try_partition(conn, partition)
+        if claim is None:
+            return 0
+        before = claim.position
+        if resident is not None:
+            resident.open(version=claim.seen, position=claim.position)
+        head = _position(conn, MAIN)
+        if claim.position < head:
+            derived = _derive_partition(
+                conn,
+                pipeline,
+                claim,
+                partitions=partitions,
+                head=head,
+                limit=limit,
+                resident=resident,
+                held=held,
+            )
+            if claim.position > before:
+                _commit_partition(conn, pipeline, claim, held, derived)
+    if resident is not None and claim.locked:
+        resident.commit(version=claim.version, position=claim.position)
+    return claim.position - before
+
+
+def run_partition_due(engine: Engine, pipeline: Pipeline, partition: int) -> int:
+    """Time's re-evaluations of one partition's profiles, holding its row like a batch
+    (skipped while another worker holds it); returns how many were due."""
+    partitions = pipeline.config.partitions
+    resident = pipeline.partition_resident(partition)
+    now = pipeline.clock()
+    mine = partition_sql(evaluation_schedule.c.profile_id, partitions) == partition
+    with engine.connect() as conn:
+        due = next_due(conn, mine)
+    if due is None or due > now:
+        return 0
+    touched: set[str] = set()
+    with _dropped_on_failure(resident), engine.begin() as conn:
+        claim = _try_partition(conn, partition)
+        if claim is None:
+            return 0
+        if resident is not None:
+            resident.open(version=claim.seen, position=claim.position)
+        _confirm(conn, claim)
+        _hold_stage(conn, partitions)
+        done = run_due(conn, pipeline.catalog(conn), now, touched=touched, where=mine)
+        pipeline.fan_out_changes(conn)
+    if resident is not None:
+        resident.commit(version=claim.version, position=claim.position, forget=touched)
+    return done
+
+
+def _maintain_partitioned(engine: Engine, pipeline: Pipeline) -> int:
+    """`run_maintenance` for a stage in partitions: a backfill or build step holding every
+    partition (a backfill levels them first, so it ends where every partition is), and
+    audience changes other writers left for the fan-out. Time's re-evaluations are each
+    partition's (`run_partition_due`)."""
+    partitions = pipeline.config.partitions
+    with engine.connect() as conn:
+        backfilling, building = pending_work(pipeline.catalog(conn))
+        changes = fanout_stage.changes_waiting(conn)
+    if not backfilling and not building and not changes:
+        return 0
+    done = 0
+    with engine.begin() as conn:
+        if backfilling or building:
+            _hold_partitions(conn)
+        _hold_stage(conn, partitions)
+        catalog = pipeline.catalog(conn)
+        backfilling, building = pending_work(catalog)
+        now = pipeline.clock()
+        if backfilling:
+            top = max(_partition_positions(conn).values())
+            _level_partitions(conn, pipeline, partitions, top)
+            _set_position(conn, DERIVED, top)
+            backfill_step(conn, catalog, backfilling, position=top, now=now)
+            done += 1
+        elif building:
+            build_step(conn, catalog, building[0], now=now)
+            done += 1
+        pipeline.fan_out_changes(conn)
+    return done + (1 if changes else 0)
+
+
+def ensure_layout(engine: Engine, pipeline: Pipeline) -> bool:
+    """Lay the derived stage out in this process's number of partitions, if it runs in
+    another: level the partitions it has (none behind the one furthest ahead), then
+    replace them by this setting's, all at that position. True when it changed."""
+    want = pipeline.config.partitions
+
+    def laid_out(conn: Connection) -> bool:
+        stage = conn.execute(
+            sa.select(processor_state.c.partitions).where(processor_state.c.name == DERIVED)
+        ).scalar()
+        have = set(_partition_positions(conn))
+        return (stage or 1) == want and have == (set(range(want)) if want > 1 else set())
+
+    with engine.connect() as conn:
+        if laid_out(conn):
+            return False
+    with engine.begin() as conn:
+        _hold_partitions(conn)
+        stage = _lock_position(conn, DERIVED)
+        if laid_out(conn):
+            return False
+        positions = _partition_positions(conn)
+        if stage.partitions > 1 and positions:
+            position = max(positions.values())
+            _level_partitions(conn, pipeline, stage.partitions, position)
+        else:
+            position = stage.position
+        conn.execute(processor_state.delete().where(processor_state.c.name.like(PARTITION_NAMES)))
+        now = datetime.now(UTC)
+        if want > 1:
+            conn.execute(
+                processor_state.insert(),
+                [
+                    {
+                        "name": partition_name(k),
+                        "position": position,
+                        "unattributed_events": 0,
+                        "version": 0,
+                        "updated_at": now,
+                    }
+                    for k in range(want)
+                ],
+            )
+        conn.execute(
+            sa.update(processor_state)
+            .where(processor_state.c.name == DERIVED)
+            .values(partitions=want, position=position)
+        )
+        event(log, logging.INFO, "processor.partitions", partitions=want, position=position)
+    return True
 
 
 def _count_drops(conn: Connection, drops: Counter[str]) -> None:
@@ -1013,12 +1527,18 @@ DERIVED_TABLES = (
 def reset_derived_state(conn: Connection) -> None:
     """Forget everything derived from the log; both stages then re-derive it from seq 0."""
     _lock_position(conn, MAIN)
+    _hold_partitions(conn)
     _lock_position(conn, DERIVED)
     for table in DERIVED_TABLES:
         conn.execute(sa.text(f"DELETE FROM {table}"))
     conn.execute(
         sa.update(processor_state)
-        .where(processor_state.c.name.in_([MAIN, DERIVED]))
+        .where(
+            sa.or_(
+                processor_state.c.name.in_([MAIN, DERIVED]),
+                processor_state.c.name.like(PARTITION_NAMES),
+            )
+        )
         .values(position=0, unattributed_events=0)
     )
     fanout_stage.set_changes_position(conn, 0)  # the change stream starts again from 1
@@ -1079,6 +1599,9 @@ class Processor:
         self._thread: threading.Thread | None = None
         self.applied = 0
         self.failures = 0
+        # Where this worker starts its round of the derived stage's partitions: workers
+        # starting at different ones spread over them from the first round.
+        self._first_partition = random.randrange(max(1, pipeline.config.partitions))
 
     def wake(self) -> None:
         self._wake.set()
@@ -1104,7 +1627,20 @@ class Processor:
         steps: list[tuple[str, str, Callable[[], int]]] = []
         if MAIN in self._stages:
             steps.append((MAIN, "processor.batch_failed", lambda: run_once(engine, pipeline)))
-        if DERIVED in self._stages:
+        partitions = pipeline.config.partitions
+        if DERIVED in self._stages and partitions > 1:
+            # Every partition in turn: those another worker holds are skipped, so workers
+            # share the partitions and one takes over a dead one's at once.
+            start = self._first_partition
+            for k in [*range(start, partitions), *range(start)]:
+                batch = functools.partial(run_partition_once, engine, pipeline, k)
+                due = functools.partial(run_partition_due, engine, pipeline, k)
+                steps.append((DERIVED, "processor.batch_failed", batch))
+                steps.append((DERIVED, "processor.maintenance_failed", due))
+            steps.append(
+                (DERIVED, "processor.maintenance_failed", lambda: run_maintenance(engine, pipeline))
+            )
+        elif DERIVED in self._stages:
             steps.append(
                 (DERIVED, "processor.batch_failed", lambda: run_derived_once(engine, pipeline))
             )
@@ -1126,6 +1662,16 @@ class Processor:
             for stage, failure, step in steps:
                 try:
                     applied = step()
+                except LayoutChanged:
+                    done += 1  # another layout: this process's setting takes over
+                    try:
+                        ensure_layout(self._engine, self._pipeline)
+                    except Exception as exc:
+                        self.failures += 1
+                        event(log, logging.ERROR, failure, stage=stage, error=repr(exc)[:500])
+                        failed = True
+                        break
+                    continue
                 except PositionMoved:
                     done += 1  # another processor moved on: look again at once
                     continue

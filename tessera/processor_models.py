@@ -27,7 +27,30 @@ processor_state = sa.Table(
     sa.Column("failed_batches", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("last_error_at", UtcDateTime, nullable=True),
+    # On the derived row: how many partitions the stage runs in (1: none; see
+    # tessera.processor's partitions); the partitions' rows are "derived.0", "derived.1"…
+    sa.Column("partitions", sa.Integer, nullable=False, server_default="1"),
 )
+
+
+def partition_name(partition: int) -> str:
+    """The position row of one partition of the derived stage."""
+    return f"{DERIVED}.{partition}"
+
+
+PARTITION_NAMES = f"{DERIVED}.%"  # LIKE pattern of every partition's row
+
+
+def partition_of(profile_id: str, partitions: int) -> int:
+    """The partition of the derived stage that applies `profile_id`'s events: profile ids
+    are "prf_<seq of the event that created them>", and the seq modulo the partitions
+    spreads them evenly. `partition_sql` computes the same in the store."""
+    return int(profile_id[4:]) % partitions
+
+
+def partition_sql(column: sa.ColumnElement[str], partitions: int) -> sa.ColumnElement[int]:
+    """`partition_of` as SQL over a profile id column (SQLite and PostgreSQL alike)."""
+    return sa.cast(sa.func.substr(column, 5), sa.BigInteger) % partitions
 
 
 def hold_processor(conn: Connection) -> None:

@@ -569,13 +569,14 @@ def run_due(
     *,
     limit: int = 5000,
     touched: set[str] | None = None,
+    where: sa.ColumnElement[bool] | None = None,
 ) -> int:
-    """Re-evaluate what time has changed: every schedule entry due by `now`. The
-    profiles re-evaluated are added to `touched`."""
+    """Re-evaluate what time has changed: every schedule entry due by `now` (and matching
+    `where`: one partition's profiles). The profiles re-evaluated are added to `touched`."""
     rows = list(
         conn.execute(
             sa.select(evaluation_schedule.c.profile_id, evaluation_schedule.c.item)
-            .where(evaluation_schedule.c.due_at <= now)
+            .where(evaluation_schedule.c.due_at <= now, *([] if where is None else [where]))
             .order_by(evaluation_schedule.c.due_at)
             .limit(limit)
         )
@@ -606,8 +607,9 @@ def run_due(
     return len(rows)
 
 
-def next_due(conn: Connection) -> datetime | None:
-    return conn.execute(sa.select(sa.func.min(evaluation_schedule.c.due_at))).scalar()
+def next_due(conn: Connection, where: sa.ColumnElement[bool] | None = None) -> datetime | None:
+    query = sa.select(sa.func.min(evaluation_schedule.c.due_at))
+    return conn.execute(query if where is None else query.where(where)).scalar()
 
 
 def backfill_step(

@@ -286,8 +286,9 @@ class ProfileBatch:
             # One row per event: plain tuples to the driver, as the event log's appends do.
             marker = "?" if conn.dialect.name == "sqlite" else "%s"
             conn.exec_driver_sql(
-                f"INSERT INTO event_profiles (seq, profile_id) VALUES ({marker}, {marker})",
-                [(seq, resolve(pid) if pid else None) for seq, pid in self.attribution],
+                "INSERT INTO event_profiles (seq, profile_id, applied_to) "
+                f"VALUES ({marker}, {marker}, {marker})",
+                [(seq, resolve(pid) if pid else None, pid) for seq, pid in self.attribution],
             )
 
     def _row(self, profile_id: str) -> dict[str, Any]:

@@ -51,6 +51,10 @@ event_profiles = sa.Table(
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     # NULL when the event carried no usable identifier (all blocked): counted, not guessed.
     sa.Column("profile_id", PROFILE_ID, nullable=True),
+    # The profile the main stage attributed the event to when it applied it: a merge moves
+    # `profile_id` to the survivor but not this (the derived stage's partitions read it).
+    # NULL with `profile_id`, and on rows written before revision 0008.
+    sa.Column("applied_to", PROFILE_ID, nullable=True),
     sa.Index("ix_event_profiles_profile_id_seq", "profile_id", "seq"),
 )
 
