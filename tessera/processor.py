@@ -478,30 +478,21 @@ class Pipeline:
         conn: Connection,
         rows: list[Any],
         *,
-        partition: int,
-        partitions: int,
+        applied: dict[int, str],
         merged: list[Any],
         resident: Resident | None = None,
     ) -> DerivedState | None:
-        """The derived stage for one partition's share of `rows`: the events the main stage
-        attributed to the partition's profiles when it applied them (`applied_to`, which a
-        later merge does not move), and `merged`, the range's merges whose survivor is the
-        partition's (the caller checked that each absorbed profile's partition has passed
-        the merge). A merge within the range resolves the absorbed profile's events to its
-        survivor, as the inline mode does; one after it leaves them with the absorbed
-        profile, whose state its survivor's partition takes when it gets there."""
+        """The derived stage for one partition's events `rows` (log order), each owned by
+        the profile the main stage attributed it to when it applied it (`applied`, from
+        `applied_to`, which a later merge does not move), and `merged`, the range's merges
+        whose survivor is the partition's (the caller checked that each absorbed profile's
+        partition has passed the merge). A merge within the range resolves the absorbed
+        profile's events to its survivor, as the inline mode does; one after it leaves
+        them with the absorbed profile, whose state its survivor's partition takes when it
+        gets there."""
         catalog = self.catalog(conn)
         if not catalog.traits and not catalog.audiences:
             return None
-        applied = sa.func.coalesce(event_profiles.c.applied_to, event_profiles.c.profile_id)
-        found = conn.execute(
-            sa.select(event_profiles.c.seq, applied).where(
-                event_profiles.c.seq >= rows[0].seq,
-                event_profiles.c.seq <= rows[-1].seq,
-                event_profiles.c.profile_id.is_not(None),
-                partition_sql(applied, partitions) == partition,
-            )
-        )
         survivor_of = {row.absorbed_id: row.survivor_id for row in merged}
 
         def final(pid: str) -> str:
@@ -511,8 +502,8 @@ class Pipeline:
 
         owners: dict[int, str] = {}
         fresh: set[str] = set()
-        for seq, pid in found:
-            owners[int(seq)] = final(pid)
+        for seq, pid in applied.items():
+            owners[seq] = final(pid)
             if pid == graph.profile_id_for(seq):
                 fresh.add(final(pid))
         # A profile the main stage has merged since is not evaluated: its survivor's
@@ -1155,16 +1146,21 @@ def _derive_partition(
     on. `held` collects the other partitions' rows taken for merges (None: the caller
     holds every partition already)."""
     partition = int(claim.name.rsplit(".", 1)[1])
-    rows = _next_events(conn, after=claim.position, upto=head, limit=limit)
-    if not rows:
-        claim.position = head  # the events up to `head` are gone (retention)
-        return None
-    end = rows[-1].seq if len(rows) == limit else head
+    # The range: about `limit` of the partition's own events (every partition's share of
+    # `limit` times as many), read by seq alone; only the partition's own are read whole.
+    last = conn.execute(
+        sa.select(events.c.seq)
+        .where(events.c.seq > claim.position, events.c.seq <= head)
+        .order_by(events.c.seq)
+        .offset(limit * partitions - 1)
+        .limit(1)
+    ).scalar()
+    end = head if last is None else int(last)
     mine: list[Any] = []
     positions = _partition_positions(conn) if held is None else {}
     for merge in conn.execute(
         sa.select(profile_merges.c.seq, profile_merges.c.survivor_id, profile_merges.c.absorbed_id)
-        .where(profile_merges.c.seq >= rows[0].seq, profile_merges.c.seq <= rows[-1].seq)
+        .where(profile_merges.c.seq > claim.position, profile_merges.c.seq <= end)
         .order_by(profile_merges.c.seq, profile_merges.c.id)
     ):
         if partition_of(merge.survivor_id, partitions) != partition:
@@ -1187,17 +1183,26 @@ def _derive_partition(
         mine.append(merge)
     if end <= claim.position:
         return None
-    rows = [row for row in rows if row.seq <= end]
-    derived = (
-        pipeline.derive_partition_rows(
-            conn,
-            rows,
-            partition=partition,
-            partitions=partitions,
-            merged=mine,
-            resident=resident,
+    applied = sa.func.coalesce(event_profiles.c.applied_to, event_profiles.c.profile_id)
+    found = conn.execute(
+        sa.select(*(events.c[field] for field in _LogRow._fields), applied.label("owner"))
+        .join(event_profiles, event_profiles.c.seq == events.c.seq)
+        .where(
+            events.c.seq > claim.position,
+            events.c.seq <= end,
+            event_profiles.c.profile_id.is_not(None),
+            partition_sql(applied, partitions) == partition,
         )
-        if rows
+        .order_by(events.c.seq)
+    )
+    rows: list[_LogRow] = []
+    owners: dict[int, str] = {}
+    for row in found:
+        rows.append(_LogRow(*row[:-1]))
+        owners[row.seq] = row.owner
+    derived = (
+        pipeline.derive_partition_rows(conn, rows, applied=owners, merged=mine, resident=resident)
+        if rows or mine
         else None
     )
     claim.position = end
