@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -114,6 +115,24 @@ def _positions(engine: Engine) -> dict[str, int]:
         return {name: int(position) for name, position in rows}
 
 
+def _server_cpu() -> float:
+    """CPU seconds of every local `postgres` process so far (0 if none is visible)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith("postgres"):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
     """Copy the template, run `workers` derived workers on as many partitions until level."""
     from tessera.store import create_store_engine
@@ -134,6 +153,8 @@ def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
         "TESSERA_LOG_LEVEL": "warning",
     }
     command = [sys.executable, "-m", "tessera", "worker", "--stage", "derived", "--no-delivery"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = _server_cpu()
     started = time.perf_counter()
     processes = [
         subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -149,18 +170,28 @@ def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
                 raise SystemExit(f"a derived worker exited: {[p.returncode for p in processes]}")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
+        server = _server_cpu() - server  # before the workers' backends exit
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     with engine.connect() as conn:
         members = set(conn.execute(sa.text("SELECT audience_id, profile_id FROM audience_members")))
         values = set(
             conn.execute(sa.text("SELECT profile_id, name, value FROM computed_trait_values"))
         )
     engine.dispose()
-    return {"seconds": elapsed, "rate": head / elapsed, "members": members, "values": values}
+    return {
+        "seconds": elapsed,
+        "rate": head / elapsed,
+        "workers_cpu": workers_cpu,
+        "server_cpu": server,
+        "members": members,
+        "values": values,
+    }
 
 
 def summary(built: dict[str, Any], runs: dict[int, dict[str, Any]]) -> list[str]:
@@ -171,9 +202,11 @@ def summary(built: dict[str, Any], runs: dict[int, dict[str, Any]]) -> list[str]
         f"{built['merges']:,} merges; main stage applied in {built['main_s']:.1f} s "
         f"({built['events'] / built['main_s']:,.0f} events/s)",
         f"derived stage, 1 worker (unpartitioned):      {one['seconds']:6.1f} s  "
-        f"{one['rate']:8,.0f} events/s",
+        f"{one['rate']:8,.0f} events/s  CPU: workers {one['workers_cpu']:.1f} s, "
+        f"PostgreSQL {one['server_cpu']:.1f} s",
         f"derived stage, 2 workers on 2 partitions:     {two['seconds']:6.1f} s  "
-        f"{two['rate']:8,.0f} events/s",
+        f"{two['rate']:8,.0f} events/s  CPU: workers {two['workers_cpu']:.1f} s, "
+        f"PostgreSQL {two['server_cpu']:.1f} s",
         f"ratio 2 workers / 1 worker: {two['rate'] / one['rate']:.2f}x (2 cores)",
         f"memberships {len(one['members']):,}, computed values {len(one['values']):,}; "
         f"differences between the runs: {differences} " + ("PASS" if differences == 0 else "FAIL"),

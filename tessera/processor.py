@@ -1108,9 +1108,12 @@ def _partition_positions(conn: Connection) -> dict[int, int]:
     }
 
 
-def _try_partition(conn: Connection, partition: int) -> _Claim | None:
+def _try_partition(conn: Connection, partition: int, *, bump: bool = True) -> _Claim | None:
     """Hold one partition's row without waiting; None when another worker holds it (or
-    it does not exist). SQLite: an optimistic claim, confirmed before the flush."""
+    it does not exist). SQLite: an optimistic claim, confirmed before the flush. Without
+    `bump` (a merge holding the absorbed profile's partition) the row's version is left
+    alone, so that partition keeps its resident working set: the profile absorbed has no
+    events after the merge, and will not be lent again."""
     name = partition_name(partition)
     if conn.dialect.name != "postgresql":
         claim = _claim(conn, name, lock=False)
@@ -1122,12 +1125,28 @@ def _try_partition(conn: Connection, partition: int) -> _Claim | None:
     ).first()
     if row is None:
         return None
+    if not bump:
+        return _Claim(name, int(row.position), 0, int(row.version), locked=True)
     conn.execute(
         sa.update(processor_state)
         .where(processor_state.c.name == name)
         .values(updated_at=datetime.now(UTC), version=processor_state.c.version + 1)
     )
     return _Claim(name, int(row.position), 0, int(row.version) + 1, locked=True)
+
+
+def _confirm_unchanged(conn: Connection, claim: _Claim) -> None:
+    """`_confirm` without bumping the version (a partition held for a merge, SQLite)."""
+    if claim.locked:
+        return
+    unchanged = conn.execute(
+        sa.update(processor_state)
+        .where(processor_state.c.name == claim.name, processor_state.c.version == claim.version)
+        .values(version=processor_state.c.version)
+    )
+    if unchanged.rowcount != 1:
+        raise PositionMoved(f"processor {claim.name!r} moved on; the batch is retried")
+    claim.locked = True
 
 
 def _derive_partition(
@@ -1171,7 +1190,7 @@ def _derive_partition(
                 passed = positions.get(other, 0)
             else:
                 if other not in held:
-                    taken = _try_partition(conn, other)
+                    taken = _try_partition(conn, other, bump=False)
                     if taken is None:
                         end = merge.seq - 1
                         break
@@ -1221,7 +1240,7 @@ def _commit_partition(
     partition's position and the stage's."""
     _confirm(conn, claim)
     for other in held.values():
-        _confirm(conn, other)
+        _confirm_unchanged(conn, other)
     _hold_stage(conn, pipeline.config.partitions)
     if derived is not None:
         if catalog_version(conn) != derived.catalog.version:

@@ -72,7 +72,7 @@ def run_partitions(
         for k in partitions:
             moved += run_partition_once(engine, pipe, k, limit=rng.randint(1, 4) if rng else 3)
             moved += run_partition_due(engine, pipe, k)
-            if rng is not None and rng.random() < 0.5:
+            if steps is not None and rng is not None and rng.random() < 0.5:
                 break  # the others fall behind this round
         moved += run_maintenance(engine, pipe)
         if not moved:
