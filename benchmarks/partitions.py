@@ -8,7 +8,8 @@ main stage (identity, profiles) is applied in this process. Its database is then
 (CREATE DATABASE ... TEMPLATE) for each run, so every run derives the same log:
 
 - **1 worker**: one `tessera worker --stage derived` process, the stage unpartitioned;
-- **2 workers**: two such processes on TESSERA_PROCESSOR_PARTITIONS=2.
+- **2 workers**: two such processes on TESSERA_PROCESSOR_PARTITIONS=2, one keeping to
+  each partition (`--partition 0`, `--partition 1`).
 
 Each run is timed from the workers' start until the derived position reaches the main one
 (their start-up, about a second, is inside it). The runs' memberships and computed values
@@ -157,8 +158,13 @@ def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
     server = _server_cpu()
     started = time.perf_counter()
     processes = [
-        subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL)
-        for _ in range(workers)
+        subprocess.Popen(
+            [*command, *(["--partition", str(k)] if workers > 1 else [])],
+            env=environment,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        for k in range(workers)
     ]
     try:
         while True:

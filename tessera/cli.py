@@ -403,6 +403,15 @@ def worker(
             "`derived` (computed traits, audiences; with TESSERA_PROCESSOR_DERIVED=separate).",
         ),
     ] = "all",
+    partition: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="With TESSERA_PROCESSOR_PARTITIONS, a partition of the derived stage this "
+            "worker keeps to (repeat it for several); it takes over another's only once no "
+            "worker has applied it for a few seconds. Without it, a worker takes any free "
+            "partition.",
+        ),
+    ] = None,
 ) -> None:
     """Run a processor and a delivery worker without the HTTP server (with
     TESSERA_PROCESSOR_MODE=off, or as fail-over on PostgreSQL).
@@ -427,6 +436,13 @@ def worker(
         raise typer.Exit(2)
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    own = tuple(partition or ())
+    if any(not 0 <= k < settings.processor_partitions for k in own):
+        err.print(
+            f"error: --partition must be below TESSERA_PROCESSOR_PARTITIONS "
+            f"({settings.processor_partitions}), not {', '.join(map(str, own))}"
+        )
+        raise typer.Exit(2)
     with _errors():
         engine = _migrated_engine(settings)
         deliverer = Deliverer(engine, settings) if delivery else None
@@ -436,6 +452,7 @@ def worker(
             poll_seconds=settings.processor_poll_seconds,
             on_applied=deliverer.wake if deliverer is not None else None,
             stages=stages[stage],
+            partitions=own,
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

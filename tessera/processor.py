@@ -170,6 +170,8 @@ class Pipeline:
         # One per partition of the derived stage this process applied (each partition's
         # row has its own version), sharing the capacity.
         self._partition_residents: dict[int, Resident] = {}
+        # The version each partition's row was left at by this process's last claim.
+        self.partition_marks: dict[int, int] = {}
         # Identifiers the rules left unlinked in the current batch, by reason; written
         # with the batch (`run_once`), so a rolled-back batch counts nothing.
         self.batch_drops: Counter[str] = Counter()
@@ -1070,9 +1072,8 @@ def _maintain(
 #   apply: it takes the absorbed profile's state as that profile's partition committed
 #   it, so it waits until that partition has passed `s - 1` (it derives up to the merge,
 #   commits, and looks again), and holds that partition's row while it absorbs (nothing
-#   there can write the absorbed profile meanwhile; the bumped version drops what that
-#   partition kept resident). Whichever partition waits on another, the one waiting at
-#   the smallest seq can always go on, so none waits for ever.
+#   there can write the absorbed profile meanwhile). Whichever partition waits on
+#   another, the one waiting at the smallest seq can always go on, so none waits for ever.
 # - **One writer of the change stream at a time.** A partition computes without the
 #   stage's row ("derived") and holds it from its flush to its commit, so audience
 #   changes commit in seq order, as the activation cursor needs. The stage row's
@@ -1301,26 +1302,50 @@ def _level_partitions(conn: Connection, pipeline: Pipeline, partitions: int, tar
 
 
 def run_partition_once(
-    engine: Engine, pipeline: Pipeline, partition: int, *, limit: int | None = None
+    engine: Engine,
+    pipeline: Pipeline,
+    partition: int,
+    *,
+    limit: int | None = None,
+    unless_claimed_within: float | None = None,
 ) -> int:
     """Apply one partition of the derived stage to its next batch of events, unless
     another worker holds it; return how many events it moved past (0: level with the
-    main stage, held elsewhere, or waiting for another partition to pass a merge)."""
+    main stage, held elsewhere, or waiting for another partition to pass a merge).
+
+    With `unless_claimed_within` (seconds), a partition another worker claimed that
+    recently is left to it: a worker keeps to its own partitions, whose resident working
+    sets it has, and takes another's over only once that one has stopped."""
     limit = limit or pipeline.config.batch_events
     partitions = pipeline.config.partitions
     resident = pipeline.partition_resident(partition)
+    name = partition_name(partition)
     with engine.connect() as conn:  # a cheap look first: an idle partition takes no lock
-        marks = dict(
-            conn.execute(
-                sa.select(processor_state.c.name, processor_state.c.position).where(
-                    processor_state.c.name.in_([MAIN, partition_name(partition)])
-                )
-            ).all()
-        )
-    if partition_name(partition) not in marks:
+        marks = {
+            row.name: row
+            for row in conn.execute(
+                sa.select(
+                    processor_state.c.name,
+                    processor_state.c.position,
+                    processor_state.c.version,
+                    processor_state.c.updated_at,
+                ).where(processor_state.c.name.in_([MAIN, name]))
+            )
+        }
+    if name not in marks:
         raise LayoutChanged(f"the derived stage has no partition {partition}")
-    if marks[partition_name(partition)] >= marks.get(MAIN, 0):
+    head = marks[MAIN].position if MAIN in marks else 0
+    if marks[name].position >= head:
         return 0
+    if (
+        unless_claimed_within is not None
+        and pipeline.partition_marks.get(partition) != marks[name].version
+    ):
+        claimed = marks[name].updated_at
+        if claimed.tzinfo is None:
+            claimed = claimed.replace(tzinfo=UTC)
+        if (datetime.now(UTC) - claimed).total_seconds() < unless_claimed_within:
+            return 0
     held: dict[int, _Claim] = {}
     with _dropped_on_failure(resident), engine.begin() as conn:
         claim = _try_partition(conn, partition)
@@ -1343,8 +1368,10 @@ def run_partition_once(
             )
             if claim.position > before:
                 _commit_partition(conn, pipeline, claim, held, derived)
-    if resident is not None and claim.locked:
-        resident.commit(version=claim.version, position=claim.position)
+    if claim.locked:
+        pipeline.partition_marks[partition] = claim.version
+        if resident is not None:
+            resident.commit(version=claim.version, position=claim.position)
     return claim.position - before
 
 
@@ -1592,6 +1619,11 @@ def tune_gc_for_processing() -> None:
     gc.set_threshold(*PROCESSING_GC_THRESHOLDS)
 
 
+# A worker keeping to its own partitions of the derived stage takes another's over once
+# nobody has claimed it for this long (its worker died, or stopped).
+TAKEOVER_SECONDS = 2.0
+
+
 class Processor:
     """Runs the processor's stages in a background thread until stopped: `run_once` for
     the main stage, `run_derived_once` and `run_maintenance` for the derived one; `wake()`
@@ -1605,6 +1637,7 @@ class Processor:
         poll_seconds: float = 0.2,
         on_applied: Callable[[], None] | None = None,
         stages: tuple[str, ...] = STAGES,
+        partitions: tuple[int, ...] = (),
     ) -> None:
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
@@ -1626,6 +1659,9 @@ class Processor:
         # Where this worker starts its round of the derived stage's partitions: workers
         # starting at different ones spread over them from the first round.
         self._first_partition = random.randrange(max(1, pipeline.config.partitions))
+        # The derived stage's partitions this worker keeps to (none: any free one); it
+        # takes another's only once no worker has claimed it for `TAKEOVER_SECONDS`.
+        self._own = set(partitions)
 
     def wake(self) -> None:
         self._wake.set()
@@ -1657,7 +1693,10 @@ class Processor:
             # share the partitions and one takes over a dead one's at once.
             start = self._first_partition
             for k in [*range(start, partitions), *range(start)]:
-                batch = functools.partial(run_partition_once, engine, pipeline, k)
+                takeover = TAKEOVER_SECONDS if self._own and k not in self._own else None
+                batch = functools.partial(
+                    run_partition_once, engine, pipeline, k, unless_claimed_within=takeover
+                )
                 due = functools.partial(run_partition_due, engine, pipeline, k)
                 steps.append((DERIVED, "processor.batch_failed", batch))
                 steps.append((DERIVED, "processor.maintenance_failed", due))

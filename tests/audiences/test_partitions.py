@@ -285,7 +285,7 @@ def test_a_new_layout_levels_the_old_partitions_first(engine: Engine) -> None:
     three = partitioned(clock, 3)
     assert ensure_layout(engine, three)
     now = marks(engine)
-    assert {now[partition_name(k)] for k in range(3)} == {now[DERIVED]} == {10}  # 5 × 2
+    assert {now[partition_name(k)] for k in range(3)} == {now[DERIVED]} == {10}  # 5 x 2
     assert partition_name(3) not in now
     run_partitions(engine, three)
     with engine.connect() as conn:
