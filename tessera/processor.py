@@ -818,9 +818,10 @@ def _claim(conn: Connection, name: str, *, lock: bool) -> _Claim:
     )
 
 
-def _confirm(conn: Connection, claim: _Claim) -> None:
+def _confirm(conn: Connection, claim: _Claim, *, bump: bool = True) -> None:
     """Take the position's row (SQLite: the write lock) unless already held; raise
-    PositionMoved if another processor changed it since `claim` was read."""
+    PositionMoved if another processor changed it since `claim` was read. Without `bump`
+    the row is left as it was (a partition held for a merge: see `_try_partition`)."""
     if claim.locked:
         return
     now = datetime.now(UTC)
@@ -838,12 +839,17 @@ def _confirm(conn: Connection, claim: _Claim) -> None:
                 processor_state.c.name == claim.name,
                 processor_state.c.version == claim.version,
             )
-            .values(updated_at=now, version=claim.version + 1)
+            .values(
+                {"updated_at": now, "version": claim.version + 1}
+                if bump
+                else {"version": claim.version}
+            )
         )
         moved = updated.rowcount != 1
     if moved:
         raise PositionMoved(f"processor {claim.name!r} moved on; the batch is retried")
-    claim.version += 1
+    if bump:
+        claim.version += 1
     claim.locked = True
 
 
@@ -1136,20 +1142,6 @@ def _try_partition(conn: Connection, partition: int, *, bump: bool = True) -> _C
     return _Claim(name, int(row.position), 0, int(row.version) + 1, locked=True)
 
 
-def _confirm_unchanged(conn: Connection, claim: _Claim) -> None:
-    """`_confirm` without bumping the version (a partition held for a merge, SQLite)."""
-    if claim.locked:
-        return
-    unchanged = conn.execute(
-        sa.update(processor_state)
-        .where(processor_state.c.name == claim.name, processor_state.c.version == claim.version)
-        .values(version=processor_state.c.version)
-    )
-    if unchanged.rowcount != 1:
-        raise PositionMoved(f"processor {claim.name!r} moved on; the batch is retried")
-    claim.locked = True
-
-
 def _derive_partition(
     conn: Connection,
     pipeline: Pipeline,
@@ -1222,7 +1214,7 @@ def _derive_partition(
         owners[row.seq] = row.owner
     derived = (
         pipeline.derive_partition_rows(conn, rows, applied=owners, merged=mine, resident=resident)
-        if rows or mine
+        if rows
         else None
     )
     claim.position = end
@@ -1241,7 +1233,7 @@ def _commit_partition(
     partition's position and the stage's."""
     _confirm(conn, claim)
     for other in held.values():
-        _confirm_unchanged(conn, other)
+        _confirm(conn, other, bump=False)
     _hold_stage(conn, pipeline.config.partitions)
     if derived is not None:
         if catalog_version(conn) != derived.catalog.version:

@@ -80,6 +80,17 @@ def run_partitions(
     raise AssertionError("the partitions never settled")
 
 
+def assert_equals_a_rebuild(engine: Engine, clock: Clock) -> None:
+    """The derived state now equals what one unpartitioned processor rebuilds."""
+    incremental = derived(engine)
+    with engine.begin() as conn:
+        reset_derived_state(conn)
+    rebuilt = make_pipeline(clock)
+    ensure_layout(engine, rebuilt)
+    settle(engine, rebuilt)
+    assert derived(engine) == incremental
+
+
 def assert_stage_is_the_lowest_partition(engine: Engine) -> None:
     now = marks(engine)
     parts = [at for name, at in now.items() if name.startswith(f"{DERIVED}.")]
@@ -142,13 +153,7 @@ def test_partitions_in_any_order_and_any_layout_equal_a_rebuild(
     pipe = partitioned(clock, 2)
     run_main(engine, pipe)
     run_partitions(engine, pipe, rng=rng)
-    incremental = derived(engine)
-    with engine.begin() as conn:
-        reset_derived_state(conn)
-    rebuilt = make_pipeline(clock)
-    ensure_layout(engine, rebuilt)
-    settle(engine, rebuilt)
-    assert derived(engine) == incremental
+    assert_equals_a_rebuild(engine, clock)
 
 
 def _two_profiles_then_a_merge(engine: Engine, pipe: Pipeline) -> tuple[str, str, int]:
@@ -203,13 +208,7 @@ def test_a_merge_across_partitions_waits_for_the_absorbed_profiles_partition(
     assert values["spend"]["value"] == 35
     assert values["orders_30d"]["value"] == 2
     assert left == 0
-    after = derived(engine)
-    with engine.begin() as conn:
-        reset_derived_state(conn)
-    rebuilt = make_pipeline(clock)
-    ensure_layout(engine, rebuilt)
-    settle(engine, rebuilt)
-    assert derived(engine) == after
+    assert_equals_a_rebuild(engine, clock)
 
 
 def test_a_merge_after_the_survivors_partition_passed_the_absorbed_profiles_events(
@@ -236,13 +235,7 @@ def test_a_merge_after_the_survivors_partition_passed_the_absorbed_profiles_even
     with engine.connect() as conn:
         values = computed_trait_values_of(conn, profile_id(engine, "user_id:cat"))
     assert values["spend"]["value"] == 35
-    after = derived(engine)
-    with engine.begin() as conn:
-        reset_derived_state(conn)
-    rebuilt = make_pipeline(clock)
-    ensure_layout(engine, rebuilt)
-    settle(engine, rebuilt)
-    assert derived(engine) == after
+    assert_equals_a_rebuild(engine, clock)
 
 
 def test_an_unmerge_levels_the_partitions_first(engine: Engine) -> None:
@@ -260,13 +253,7 @@ def test_an_unmerge_levels_the_partitions_first(engine: Engine) -> None:
             computed_trait_values_of(conn, pid)["spend"]["value"] for pid in (survivor, absorbed)
         }
     assert spend == {10, 25}
-    after = derived(engine)
-    with engine.begin() as conn:
-        reset_derived_state(conn)
-    rebuilt = make_pipeline(clock)
-    ensure_layout(engine, rebuilt)
-    settle(engine, rebuilt)
-    assert derived(engine) == after
+    assert_equals_a_rebuild(engine, clock)
 
 
 def test_a_new_layout_levels_the_old_partitions_first(engine: Engine) -> None:
