@@ -31,6 +31,7 @@ from tessera.processor import Pipeline, Processor
 from tessera.profiles import api as profiles_api
 from tessera.profiles.lookup import ProfileLookup
 from tessera.store import create_store_engine
+from tessera.store.secrets import Keyring, load_keyring
 from tessera.worker_process import ProcessorHandle, WorkerProcess
 
 
@@ -56,11 +57,11 @@ class TrackingDispatch:
 
 
 def _background_work(
-    settings: Settings, engine: Engine, pipeline: Pipeline
+    settings: Settings, engine: Engine, pipeline: Pipeline, keyring: Keyring
 ) -> tuple[ProcessorHandle | None, Deliverer | None]:
     """The processor and the delivery worker, where `processor_mode` puts them."""
     if settings.processor_mode == "thread":
-        deliverer = Deliverer(engine, settings)
+        deliverer = Deliverer(engine, settings, keyring=keyring)
         processor = Processor(
             engine,
             pipeline,
@@ -73,8 +74,15 @@ def _background_work(
     return None, None
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app. The caller migrates the store first (`tessera serve` does)."""
+def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as one list
+    settings: Settings, *, engine: Engine | None = None, keyring: Keyring | None = None
+) -> FastAPI:
+    """Build the app. The caller migrates the store first (`tessera serve` does). Without
+    `keyring`, the keys for stored secrets are loaded from the settings (SecretKeyError if
+    there are none for PostgreSQL)."""
+    keyring = keyring or load_keyring(
+        secret_key=settings.secret_key, database_url=settings.database_url
+    )
     engine = engine or create_store_engine(
         settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
@@ -86,7 +94,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
     pipeline = Pipeline.from_settings(settings)
-    processor, deliverer = _background_work(settings, engine, pipeline)
+    processor, deliverer = _background_work(settings, engine, pipeline, keyring)
     if processor is not None:
         writer.on_commit = processor.wake
 
@@ -114,6 +122,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.keyring = keyring
     app.state.api_tokens = TokenCache(ttl=settings.api_token_cache_seconds)
     app.state.writer = writer
     app.state.processor = processor

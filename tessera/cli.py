@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from tessera.auth.tokens import Principal
+    from tessera.store.secrets import Keyring
 from tessera.logs import configure_logging
 
 app = typer.Typer(help="Tessera: customer data platform with a built-in CRM.", no_args_is_help=True)
@@ -36,6 +37,10 @@ token_app = typer.Typer(help="API tokens for the management API.", no_args_is_he
 app.add_typer(token_app, name="token")
 user_app = typer.Typer(help="Users of the web UI and API.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+secrets_app = typer.Typer(
+    help="The key stored secrets are encrypted with (TESSERA_SECRET_KEY).", no_args_is_help=True
+)
+app.add_typer(secrets_app, name="secrets")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -78,6 +83,39 @@ def _migrated_engine(settings: Settings) -> Engine:
     return engine
 
 
+def _keyring(settings: Settings) -> Keyring:
+    """The keys for stored secrets; refuses (with what to do) when there are none."""
+    from tessera.store.secrets import load_keyring
+
+    with _errors():
+        return load_keyring(secret_key=settings.secret_key, database_url=settings.database_url)
+
+
+def _start_store(settings: Settings) -> tuple[Engine, Keyring]:
+    """What `serve` and `worker` do first: the keys (refused before anything changes, e.g.
+    PostgreSQL without one), the migrated store, and secrets still in plain text encrypted."""
+    keyring = _keyring(settings)
+    with _errors():
+        engine = _migrated_engine(settings)
+    _encrypt_plain_text(engine, keyring)
+    return engine, keyring
+
+
+def _encrypt_plain_text(engine: Engine, keyring: Keyring) -> None:
+    """Encrypt the secrets a store from before encryption holds in plain text. A secret no
+    key opens is reported here, and in its destination's health, without stopping."""
+    from tessera.activation.service import reseal_destinations
+
+    with _errors(), engine.begin() as conn:
+        report = reseal_destinations(conn, keyring=keyring, plain_only=True)
+    if report.plain_text:
+        err.print(
+            f"encrypted {report.plain_text} destination secret(s) that were stored in plain text"
+        )
+    for reason in report.unreadable.values():
+        err.print(f"[bold yellow]warning:[/] {reason}")
+
+
 def _in_transaction(settings: Settings, work: Callable[..., T], **kwargs: object) -> T:
     with _errors():
         engine = _migrated_engine(settings)
@@ -101,12 +139,14 @@ def migrate() -> None:
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    keyring = _keyring(settings)  # refused before anything changes
     with _errors():
         engine = create_store_engine(
             settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
         before, after = upgrade(engine)
-        engine.dispose()
+    _encrypt_plain_text(engine, keyring)
+    engine.dispose()
     if before == after:
         out.print(f"the schema is current (revision {after})")
     else:
@@ -126,16 +166,15 @@ def serve(
 
     settings = _settings(host=host, port=port)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    with _errors():
-        engine = _migrated_engine(settings)
-        with engine.begin() as conn:
-            sources = list_sources(conn)
-            if not sources:
-                sources = [create_source(conn, name="default")]
-            _first_admin(conn, settings)
+    engine, keyring = _start_store(settings)
+    with _errors(), engine.begin() as conn:
+        sources = list_sources(conn)
+        if not sources:
+            sources = [create_source(conn, name="default")]
+        _first_admin(conn, settings)
     enabled = [source for source in sources if source.enabled]
     _banner(settings, enabled[0] if enabled else None)
-    application = create_app(settings, engine=engine)
+    application = create_app(settings, engine=engine, keyring=keyring)
     # What exists now lives as long as the process: keep the collector from rescanning it.
     # Full collections over it took ~70 ms, which set the p99 of a tracking call.
     gc.collect()
@@ -443,9 +482,9 @@ def worker(
             f"({settings.processor_partitions}), not {', '.join(map(str, own))}"
         )
         raise typer.Exit(2)
+    engine, keyring = _start_store(settings)
     with _errors():
-        engine = _migrated_engine(settings)
-        deliverer = Deliverer(engine, settings) if delivery else None
+        deliverer = Deliverer(engine, settings, keyring=keyring) if delivery else None
         processor = Processor(
             engine,
             Pipeline.from_settings(settings),
@@ -537,6 +576,54 @@ def demo(
         f"try: GET /api/v1/profiles/email:{example.emails[-1]} with a token from "
         "`tessera token create me`"
     )
+
+
+@secrets_app.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new random key for TESSERA_SECRET_KEY (it changes nothing stored)."""
+    from tessera.store.secrets import generate_key
+
+    out.print(generate_key(), markup=False)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under the newest (first) key in TESSERA_SECRET_KEY.
+
+    Rotation: prepend a new key (`NEW,OLD`) in every process's settings and restart them,
+    run this, then drop OLD. Secrets still in plain text are encrypted too. If any secret
+    opens with none of the keys, nothing is changed and the destinations are named.
+    """
+    from tessera.activation.service import reseal_destinations
+    from tessera.audit.service import record
+    from tessera.store.secrets import SecretUnreadable
+
+    settings = _settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    keyring = _keyring(settings)
+
+    def rotate(conn: Connection) -> tuple[int, int, int]:
+        report = reseal_destinations(conn, keyring=keyring, plain_only=False)
+        if report.unreadable:
+            reasons = "; ".join(report.unreadable.values())
+            raise SecretUnreadable(f"nothing was re-encrypted: {reasons}")
+        counts = (report.values, report.destinations, report.plain_text)
+        record(
+            conn,
+            actor="cli",
+            action="secrets.rotate",
+            target="destinations",
+            details={"secrets": counts[0], "destinations": counts[1], "plain_text": counts[2]},
+        )
+        return counts
+
+    values, destinations, plain = _in_transaction(settings, rotate)
+    out.print(
+        f"re-encrypted {values} secret(s) of {destinations} destination(s) under the newest key"
+        + (f" ({plain} had been stored in plain text)" if plain else "")
+    )
+    if len(keyring.keys) > 1:
+        out.print("the older keys in TESSERA_SECRET_KEY can now be dropped (restart after)")
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tessera.errors import TesseraError
+
 DEFAULT_BLOCKED_VALUES = (
     "",
     "null",
@@ -37,7 +39,10 @@ DEFAULT_BLOCKED_VALUES = (
 class Settings(BaseSettings):
     """Every knob Tessera has. `docs/configuration.md` documents each (a test checks)."""
 
-    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="ignore")
+    # An error never echoes the value given: some are secrets (the key, the admin password).
+    model_config = SettingsConfigDict(
+        env_prefix="TESSERA_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         default="sqlite:///./tessera.db",
@@ -288,6 +293,18 @@ class Settings(BaseSettings):
         description="Directory where audience export jobs write their files.",
     )
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The key that stored secrets (destination signing secrets, write keys) are "
+            "encrypted with: 32 url-safe base64-encoded bytes, as `tessera secrets "
+            "generate-key` prints. Several, comma-separated and newest first, during a key "
+            "rotation: the first encrypts, any decrypts (`tessera secrets rotate`). Required "
+            "with PostgreSQL; with SQLite and no value, a key is generated on first start "
+            "into `tessera.key` beside the database file (mode 0600)."
+        ),
+    )
+
     admin_email: str = Field(
         default="admin@example.com",
         description="Email of the admin `tessera serve` creates on a store with no users.",
@@ -347,6 +364,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"database_url {value!r} is neither sqlite:///PATH nor postgresql+psycopg://..."
             )
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _well_formed_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from tessera.store.secrets import parse_keys
+
+            try:
+                parse_keys(value.get_secret_value())
+            except TesseraError as exc:  # the message names a key's position, never the key
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

@@ -26,9 +26,17 @@ from tessera.config import Settings
 from tessera.ingest.sources import Source, create_source
 from tessera.local_server import serve_in_thread
 from tessera.store import create_store_engine, upgrade
+from tessera.store.secrets import generate_key
 from tests.pg_server import find_bindir, running_postgres
 
 BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One key for stored secrets, shared by every process a test starts (the CLI, `tessera
+    # worker` children), as a PostgreSQL deployment must share it. Tests of the key itself
+    # (the generated key file, a missing or malformed key) take it out of their environment.
+    os.environ.setdefault("TESSERA_SECRET_KEY", generate_key())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,7 +20,7 @@ from tessera.activation.schemas import (
     ReplayIn,
     ReplayOut,
 )
-from tessera.api.deps import ConnectionDep, Principal, client_ip, require
+from tessera.api.deps import ConnectionDep, KeyringDep, Principal, client_ip, require
 from tessera.audit.service import record
 
 router = APIRouter(prefix="/api/v1", tags=["destinations"])
@@ -68,10 +68,17 @@ def list_destinations(conn: ConnectionDep, _: Reader) -> list[dict[str, Any]]:
     "/destinations", response_model=DestinationOut, status_code=201, summary="Add a destination"
 )
 def create_destination(
-    body: DestinationIn, request: Request, conn: ConnectionDep, principal: Writer
+    body: DestinationIn,
+    request: Request,
+    conn: ConnectionDep,
+    keyring: KeyringDep,
+    principal: Writer,
 ) -> dict[str, Any]:
-    """From now on, what it subscribed to is queued for it as the processor commits."""
-    destination = service.create_destination(conn, **body.model_dump(), actor=principal.actor)
+    """From now on, what it subscribed to is queued for it as the processor commits. Its
+    secrets are stored encrypted and never shown back."""
+    destination = service.create_destination(
+        conn, **body.model_dump(), actor=principal.actor, keyring=keyring
+    )
     _audit(conn, request, principal, "destination.create", destination["id"], name=body.name)
     return destination
 
@@ -91,12 +98,16 @@ def get_destination(destination_id: str, conn: ConnectionDep, _: Reader) -> dict
 def update_destination(
     destination_id: str,
     body: DestinationPatch,
+    *,
     request: Request,
     conn: ConnectionDep,
+    keyring: KeyringDep,
     principal: Writer,
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    destination = service.update_destination(conn, destination_id=destination_id, changes=changes)
+    destination = service.update_destination(
+        conn, destination_id=destination_id, changes=changes, keyring=keyring
+    )
     _audit(conn, request, principal, "destination.update", destination_id, fields=sorted(changes))
     return destination
 
@@ -115,8 +126,10 @@ def delete_destination(
     response_model=ConnectionCheckOut,
     summary="Try the destination's connection",
 )
-async def test_destination(destination_id: str, conn: ConnectionDep, _: Writer) -> dict[str, Any]:
-    check = await service.check_connection(conn, destination_id=destination_id)
+async def test_destination(
+    destination_id: str, conn: ConnectionDep, keyring: KeyringDep, _: Writer
+) -> dict[str, Any]:
+    check = await service.check_connection(conn, destination_id=destination_id, keyring=keyring)
     return {"ok": check.ok, "detail": check.detail}
 
 

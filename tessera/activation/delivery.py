@@ -39,6 +39,7 @@ from tessera.activation.plugins import (
 )
 from tessera.config import Settings
 from tessera.logs import event
+from tessera.store.secrets import Keyring, load_keyring
 
 log = logging.getLogger(__name__)
 MAX_MESSAGES_PER_CYCLE = 2000
@@ -97,9 +98,15 @@ class Deliverer:
         *,
         clock: Callable[[], datetime] | None = None,
         housekeeping: Callable[[], None] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
+        # Decrypts each destination's secrets when its plugin starts; one no key opens
+        # leaves that destination unstarted, with the reason in its health.
+        self._keyring = keyring or load_keyring(
+            secret_key=settings.secret_key, database_url=settings.database_url
+        )
         self._clock = clock or (lambda: datetime.now(UTC))
         self._housekeeping = housekeeping
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -316,7 +323,12 @@ class Deliverer:
             kind = destination_types().get(lease.type)
             if kind is None:
                 raise ValueError(f"the destination plugin {lease.type!r} is not installed")
-            plugin = instantiate(kind, lease.config)
+            plugin = instantiate(
+                kind,
+                lease.config,
+                keyring=self._keyring,
+                destination=f"{lease.name!r} ({lease.destination_id})",
+            )
             mapping = parse_mapping(lease.mapping)
         except Exception as exc:
             await asyncio.to_thread(self._broken, lease.destination_id, str(exc))

@@ -7,12 +7,12 @@ in Tessera's own `pyproject.toml`):
     [project.entry-points."tessera.destinations"]
     my_crm = "my_package.destination:MyCRMDestination"
 
-The class declares a typed `config_model` (pydantic; its JSON schema is what the UI renders,
-and `SecretStr` fields are never shown back), checks a connection (`test_connection`),
-maps Tessera's message to the destination's payload (`map`), and sends a batch of mapped
-messages (`deliver`). Delivery, retries, order, pause, dead letters and consent are the
-delivery worker's job, not the plugin's: a plugin only says how one call went, by
-returning or by raising `DeliveryFailed`.
+The class declares a typed `config_model` (pydantic; its JSON schema is what the UI renders;
+its `SecretStr` fields are stored encrypted and never shown back), checks a connection
+(`test_connection`), maps Tessera's message to the destination's payload (`map`), and sends
+a batch of mapped messages (`deliver`). Delivery, retries, order, pause, dead letters and
+consent are the delivery worker's job, not the plugin's: a plugin only says how one call
+went, by returning or by raising `DeliveryFailed`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 
 from tessera.errors import BadRequest
+from tessera.store.secrets import Keyring, seal, unseal
 
 ENTRY_POINT_GROUP = "tessera.destinations"
 
@@ -187,5 +188,44 @@ def parse_config(kind: DestinationType, config: Any) -> BaseModel:
         raise BadRequest(f"invalid {kind.name} config: {problems}") from None
 
 
-def instantiate(kind: DestinationType, config: Any) -> Destination:
+def secret_fields(model: type[BaseModel]) -> set[str]:
+    """The config fields that hold secrets: every field typed `SecretStr` (also as
+    `SecretStr | None`, or in a list or dict). They are stored encrypted and shown masked."""
+    fields = model.model_fields.items()
+    return {name for name, info in fields if "SecretStr" in str(info.annotation)}
+
+
+def seal_config(
+    kind: DestinationType, config: dict[str, Any], keyring: Keyring, *, carried: set[str]
+) -> dict[str, Any]:
+    """`config` as stored: its secret fields encrypted. Those in `carried` were read from
+    the store (an update that did not change them): encrypted ones stay as they are."""
+    hidden = secret_fields(kind.plugin.config_model)
+    return {
+        name: seal(value, keyring, given=name not in carried) if name in hidden else value
+        for name, value in config.items()
+    }
+
+
+def open_config(
+    kind: DestinationType, stored: dict[str, Any], keyring: Keyring, *, destination: str
+) -> dict[str, Any]:
+    """A stored config with its secret fields decrypted (plain text from before encryption
+    reads as it is); raises SecretUnreadable naming the destination and field."""
+    hidden = secret_fields(kind.plugin.config_model)
+    return {
+        name: (
+            unseal(value, keyring, what=f"config.{name} of the destination {destination}")
+            if name in hidden
+            else value
+        )
+        for name, value in stored.items()
+    }
+
+
+def instantiate(
+    kind: DestinationType, stored: dict[str, Any], *, keyring: Keyring, destination: str
+) -> Destination:
+    """The plugin for a destination's stored config (`destination` names it in errors)."""
+    config = open_config(kind, stored, keyring, destination=destination)
     return kind.plugin(parse_config(kind, config))

@@ -1,15 +1,18 @@
 """Destinations as people manage them: create, change, pause and resume, the delivery log,
 dead letters and their replay, and the figures per destination.
 
-Secrets in a destination's config (the plugin's `SecretStr` fields) are stored as given and
-never shown back: reads show `********`, and an update that sends `********` keeps the
-stored value.
+Secrets in a destination's config (the plugin's `SecretStr` fields) are stored encrypted
+(`tessera.store.secrets`) and never shown back: reads show `********`, and an update that
+sends `********` keeps the stored value. `reseal_destinations` re-encrypts them all under
+the newest key (`tessera secrets rotate`), or only the plain text that stores written
+before encryption hold (at start).
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,11 +36,20 @@ from tessera.activation.plugins import (
     destination_types,
     instantiate,
     parse_config,
+    seal_config,
+    secret_fields,
 )
 from tessera.activation.subscriptions import parse_subscriptions
 from tessera.audiences.models import audience_members, audiences
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.processor_models import hold_processor
+from tessera.store.secrets import (
+    Keyring,
+    SecretUnreadable,
+    has_plain_text,
+    reseal,
+    unseal,
+)
 from tessera.store.types import UtcDateTime
 
 MASK = "********"
@@ -60,14 +72,6 @@ def list_types() -> list[dict[str, Any]]:
     ]
 
 
-def _secret_fields(model: type[BaseModel]) -> set[str]:
-    return {
-        name
-        for name, info in model.model_fields.items()
-        if "SecretStr" in str(info.annotation) or info.annotation is SecretStr
-    }
-
-
 def _stored_config(config: BaseModel) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     for name, value in config.model_dump(mode="python").items():
@@ -76,7 +80,7 @@ def _stored_config(config: BaseModel) -> dict[str, Any]:
 
 
 def _shown_config(kind: DestinationType | None, stored: dict[str, Any]) -> dict[str, Any]:
-    hidden = _secret_fields(kind.plugin.config_model) if kind else set()
+    hidden = secret_fields(kind.plugin.config_model) if kind else set()
     return {
         name: (MASK if name in hidden and value is not None else value)
         for name, value in stored.items()
@@ -116,6 +120,7 @@ def create_destination(
     consent_categories: list[str],
     enabled: bool,
     actor: str | None,
+    keyring: Keyring,
 ) -> dict[str, Any]:
     kind = destination_type(type)
     stored = _validate(
@@ -135,7 +140,7 @@ def create_destination(
             id=destination_id,
             name=name,
             type=type,
-            config=orjson.dumps(stored).decode(),
+            config=orjson.dumps(seal_config(kind, stored, keyring, carried=set())).decode(),
             subscriptions=orjson.dumps(subscriptions).decode(),
             mapping=orjson.dumps(mapping).decode(),
             consent_categories=orjson.dumps(sorted(set(consent_categories))).decode(),
@@ -227,18 +232,21 @@ def _row(conn: Connection, destination_id: str) -> Any:
 
 
 def update_destination(
-    conn: Connection, *, destination_id: str, changes: dict[str, Any]
+    conn: Connection, *, destination_id: str, changes: dict[str, Any], keyring: Keyring
 ) -> dict[str, Any]:
     """Change some fields; a config is merged over the stored one (secrets sent as the
     mask keep their stored value)."""
     row = _row(conn, destination_id)
     kind = destination_type(row.type)
     config = orjson.loads(row.config)
+    carried = set(config)
     if "config" in changes:
         given = dict(changes["config"])
-        for name in _secret_fields(kind.plugin.config_model):
+        for name in secret_fields(kind.plugin.config_model):
             if given.get(name) == MASK:
                 given[name] = config.get(name)
+            elif name in given:
+                carried.discard(name)
         config = {**config, **given}
     subscriptions = changes.get("subscriptions", orjson.loads(row.subscriptions))
     mapping = changes.get("mapping", orjson.loads(row.mapping))
@@ -247,7 +255,7 @@ def update_destination(
         conn, kind, config=config, subscriptions=subscriptions, mapping=mapping, consent=consent
     )
     values: dict[str, Any] = {
-        "config": orjson.dumps(stored).decode(),
+        "config": orjson.dumps(seal_config(kind, stored, keyring, carried=carried)).decode(),
         "subscriptions": orjson.dumps(subscriptions).decode(),
         "mapping": orjson.dumps(mapping).decode(),
         "consent_categories": orjson.dumps(sorted(set(consent))).decode(),
@@ -382,9 +390,19 @@ def resume_destination(conn: Connection, *, destination_id: str) -> dict[str, An
     return get_destination(conn, destination_id=destination_id)
 
 
-async def check_connection(conn: Connection, *, destination_id: str) -> ConnectionCheck:
+async def check_connection(
+    conn: Connection, *, destination_id: str, keyring: Keyring
+) -> ConnectionCheck:
     row = _row(conn, destination_id)
-    plugin = instantiate(destination_type(row.type), orjson.loads(row.config))
+    try:
+        plugin = instantiate(
+            destination_type(row.type),
+            orjson.loads(row.config),
+            keyring=keyring,
+            destination=f"{row.name!r} ({row.id})",
+        )
+    except SecretUnreadable as exc:
+        return ConnectionCheck(ok=False, detail=str(exc))
     try:
         return await plugin.test_connection()
     finally:
@@ -496,3 +514,56 @@ def metrics(conn: Connection) -> list[dict[str, Any]]:
             }
         )
     return found
+
+
+@dataclass
+class Resealed:
+    """What `reseal_destinations` did: values encrypted afresh, of which plain text from
+    before encryption; destinations whose secrets no configured key opens (with why)."""
+
+    values: int = 0
+    plain_text: int = 0
+    destinations: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+def reseal_destinations(conn: Connection, *, keyring: Keyring, plain_only: bool) -> Resealed:
+    """Encrypt every destination's stored secrets under the newest key, or (`plain_only`)
+    only those still in plain text. A secret no key opens is left as it is and reported; the
+    caller decides whether to commit the rest."""
+    report = Resealed()
+    types = destination_types()
+    columns = destinations.c
+    rows = conn.execute(sa.select(columns.id, columns.name, columns.type, columns.config)).all()
+    for row in rows:
+        kind = types.get(row.type)
+        if kind is None:
+            report.unreadable[row.id] = f"the destination plugin {row.type!r} is not installed"
+            continue
+        config = orjson.loads(row.config)
+        changed = False
+        for name in secret_fields(kind.plugin.config_model):
+            value = config.get(name)
+            if value is None:
+                continue
+            what = f"config.{name} of the destination {row.name!r} ({row.id})"
+            try:
+                if plain_only and not has_plain_text(value):
+                    unseal(value, keyring, what=what)  # only tells whether a key opens it
+                    continue
+                config[name] = reseal(value, keyring, what=what)
+            except SecretUnreadable as exc:
+                report.unreadable[row.id] = str(exc)
+                continue
+            report.values += 1
+            report.plain_text += has_plain_text(value)
+            changed = True
+        if changed:
+            # `updated_at` stays: the delivery worker's plugin holds the same plain values.
+            conn.execute(
+                destinations.update()
+                .where(destinations.c.id == row.id)
+                .values(config=orjson.dumps(config).decode())
+            )
+            report.destinations += 1
+    return report

@@ -23,6 +23,7 @@ from tessera.auth.permissions import PERMISSIONS, allowed
 from tessera.auth.sessions import COOKIE_NAME, CSRF_HEADER, get_session
 from tessera.auth.tokens import TOKEN_PREFIX, TokenCache
 from tessera.errors import Forbidden, Unauthorized
+from tessera.store.secrets import Keyring
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Ids are INTEGER columns (32-bit on PostgreSQL): anything beyond is refused with 422, never
@@ -59,6 +60,15 @@ def get_connection(request: Request) -> Iterator[Connection]:
 # ("request") runs the dependency's exit after the response has gone out, so a client could
 # read before the write it was told of had committed, or get a 2xx for a failed commit.
 ConnectionDep = Annotated[Connection, Depends(get_connection, scope="function")]
+
+
+def get_keyring(request: Request) -> Keyring:
+    """The keys stored secrets are encrypted with (`create_app` loads them)."""
+    keyring: Keyring = request.app.state.keyring
+    return keyring
+
+
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 
 
 def client_ip(request: Request) -> str | None:
