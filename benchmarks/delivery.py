@@ -128,6 +128,7 @@ from ingest import (
 
 if TYPE_CHECKING:
     from tessera.config import Settings
+    from tessera.store.secrets import Keyring
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ingest._BOILERPLATE = (*ingest._BOILERPLATE, "benchmarks/delivery.py")
@@ -374,6 +375,7 @@ def build_store(
             consent_categories=[],
             enabled=True,
             actor="benchmark",
+            keyring=bench_keyring(database, settings),
         )
     pids = [row[0] for row in profile_rows]
     known: dict[str, dict[str, list[str]]] = {pid: {} for pid in pids}
@@ -572,6 +574,13 @@ class _Cpu:
         return figures
 
 
+def bench_keyring(database: Path, settings: Settings) -> Keyring:
+    """The keys for the store's secrets: the setting, or the key file beside `database`."""
+    from tessera.store.secrets import load_keyring
+
+    return load_keyring(secret_key=settings.secret_key, database_url=f"sqlite:///{database}")
+
+
 def _snapshot(receiver_pid: int, measured: int | None = None) -> _Cpu:
     return _Cpu(receiver_pid, measured)
 
@@ -582,7 +591,7 @@ def _deliverer_main(database: str, export_dir: str, conn: Connection) -> None:
 
         settings = _settings().model_copy(update={"export_dir": Path(export_dir)})
         engine = store_engine(Path(database), settings)
-        deliverer = Deliverer(engine, settings)
+        deliverer = Deliverer(engine, settings, keyring=bench_keyring(Path(database), settings))
         conn.send(("ready", os.getpid()))
         conn.recv()  # "go"
         started = time.perf_counter()

@@ -160,28 +160,27 @@ def test_plain_text_from_before_encryption_works_and_is_encrypted_at_start(
     settings: Settings, engine: Engine, store_url: str
 ) -> None:
     key = os.environ["TESSERA_SECRET_KEY"]  # what the CLI's processes use
-    with receiver(secret=SIGNING_SECRET) as hook:
-        with served(settings, engine, key) as live:
-            admin = Admin(live)
-            made = admin.ok(
-                "POST",
-                "/api/v1/destinations",
-                {**webhook("legacy", hook.url, secret=SIGNING_SECRET), "enabled": False},
-                201,
+    with receiver(secret=SIGNING_SECRET) as hook, served(settings, engine, key) as live:
+        admin = Admin(live)
+        made = admin.ok(
+            "POST",
+            "/api/v1/destinations",
+            {**webhook("legacy", hook.url, secret=SIGNING_SECRET), "enabled": False},
+            201,
+        )
+        # As a store written before encryption holds it (an update through the API
+        # would encrypt it).
+        with engine.begin() as conn:
+            config = {"url": hook.url, "secret": SIGNING_SECRET}
+            conn.execute(
+                destinations.update()
+                .where(destinations.c.id == made["id"])
+                .values(config=orjson.dumps(config).decode(), enabled=True)
             )
-            # As a store written before encryption holds it (an update through the API
-            # would encrypt it).
-            with engine.begin() as conn:
-                config = {"url": hook.url, "secret": SIGNING_SECRET}
-                conn.execute(
-                    destinations.update()
-                    .where(destinations.c.id == made["id"])
-                    .values(config=orjson.dumps(config).decode(), enabled=True)
-                )
-            assert stored_secret(engine, made["id"]) == SIGNING_SECRET
-            send(live, orders(1, 2))
-            wait_for(lambda: len(hook.messages()) >= 2, what="orders to the legacy config")
-            assert hook.bad_signatures == 0
+        assert stored_secret(engine, made["id"]) == SIGNING_SECRET
+        send(live, orders(1, 2))
+        wait_for(lambda: len(hook.messages()) >= 2, what="orders to the legacy config")
+        assert hook.bad_signatures == 0
 
     started = subprocess.run(
         [sys.executable, "-m", "tessera", "migrate"],
