@@ -104,19 +104,19 @@ def test_failed_batches_are_reported_by_any_process(live: LiveTessera) -> None:
     assert "tessera_processor_failed_batches_total 1" in metrics
 
 
-def test_settings_reach_the_child_unchanged(settings: Settings) -> None:
+def test_settings_reach_the_child_unchanged(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     custom = settings.model_copy(
         update={"trait_policies": {"plan": "first"}, "processor_batch_events": 77}
     )
-    environment = settings_environment(custom)
-    for key, value in environment.items():
-        os.environ[key] = value
-    try:
-        again = Settings()
-    finally:
-        for key in environment:
-            os.environ.pop(key)
+    # monkeypatch puts back what was set before (the session's TESSERA_SECRET_KEY).
+    for key, value in settings_environment(custom).items():
+        monkeypatch.setenv(key, value)
+    again = Settings()
     assert again.model_dump() == custom.model_dump()
+    assert again.secret_key is not None and custom.secret_key is not None
+    assert again.secret_key.get_secret_value() == custom.secret_key.get_secret_value()
 
 
 @pytest.fixture

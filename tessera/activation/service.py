@@ -534,11 +534,17 @@ def reseal_destinations(conn: Connection, *, keyring: Keyring, plain_only: bool)
     report = Resealed()
     types = destination_types()
     columns = destinations.c
-    rows = conn.execute(sa.select(columns.id, columns.name, columns.type, columns.config)).all()
+    # Locked (PostgreSQL), so an update committed meanwhile is not overwritten.
+    query = sa.select(columns.id, columns.name, columns.type, columns.config).with_for_update()
+    rows = conn.execute(query).all()
     for row in rows:
         kind = types.get(row.type)
         if kind is None:
-            report.unreadable[row.id] = f"the destination plugin {row.type!r} is not installed"
+            report.unreadable[row.id] = (
+                f"the destination {row.name!r} ({row.id}) uses the plugin {row.type!r}, which "
+                "is not installed, so its secrets cannot be found; install it or delete the "
+                "destination"
+            )
             continue
         config = orjson.loads(row.config)
         changed = False
