@@ -274,12 +274,12 @@ class Deliverer:
             if dropped is not None:
                 await dropped.plugin.aclose()
             return 0
+        if lease.paused_at is not None and lease.next_probe_at and now < lease.next_probe_at:
+            return 0  # before starting the plugin: one that cannot start is tried as a probe
         active = await self._activate(lease)
         if active is None:
             return 0
         plugin = active.plugin
-        if lease.paused_at is not None and lease.next_probe_at and now < lease.next_probe_at:
-            return 0
         probing = lease.paused_at is not None
         interval = timedelta(seconds=plugin.interval_seconds)
         due = lease.last_delivery_at is None or now >= lease.last_delivery_at + interval

@@ -21,6 +21,7 @@ from tessera.activation.models import destination_counters, destination_state, d
 from tessera.identity.models import identities
 from tessera.profiles.models import profile_consent, profile_traits, profiles
 from tessera.store.chunks import chunked
+from tessera.store.types import UtcDateTime
 from tessera.store.upsert import bind_time
 
 PENDING, DELIVERED, DEAD, BLOCKED = "pending", "delivered", "dead", "blocked"
@@ -312,20 +313,24 @@ def record(
             last_success_at=now,
         )
     elif outcomes.calls_failed:
-        current = conn.execute(
-            sa.select(state.consecutive_failures, state.paused_at).where(
-                state.destination_id == destination_id
-            )
-        ).one()
-        failures = int(current.consecutive_failures or 0) + outcomes.calls_failed
-        values.update(consecutive_failures=failures)
-        if failures >= pause_after:
-            values.update(next_probe_at=now + probe)
-            if current.paused_at is None:
-                values.update(
-                    paused_at=now,
-                    paused_reason=f"{failures} calls failed in a row; last: {outcomes.last_error}",
-                )
+        # Computed by the UPDATE from the row as it is then, not read first: a resume that
+        # commits in between must not be undone by a count read before it (that left a
+        # destination over the limit yet not paused, which then sent nothing at all).
+        failures = state.consecutive_failures + outcomes.calls_failed
+        reached = failures >= pause_after
+        pausing = sa.and_(reached, state.paused_at.is_(None))
+        reason = f" calls failed in a row; last: {outcomes.last_error}"
+        values.update(
+            consecutive_failures=failures,
+            next_probe_at=sa.case(
+                (reached, sa.literal(now + probe, UtcDateTime)), else_=state.next_probe_at
+            ),
+            paused_at=sa.case((pausing, sa.literal(now, UtcDateTime)), else_=state.paused_at),
+            paused_reason=sa.case(
+                (pausing, sa.cast(failures, sa.String) + sa.literal(reason, sa.Text)),
+                else_=state.paused_reason,
+            ),
+        )
     if outcomes.last_error is not None and not outcomes.calls_ok:
         values.update(last_error=outcomes.last_error[:2000], last_error_at=now)
     if delivered_batch:
