@@ -34,7 +34,7 @@ from tessera.processor import (
     run_partition_once,
     unmerge,
 )
-from tessera.processor_models import partition_name, partition_of, processor_state
+from tessera.processor.models import partition_name, partition_of, processor_state
 from tessera.profiles.models import event_profiles
 from tessera.profiles.views import computed_trait_values_of
 from tests.audiences.test_derived_stage import run_main, settle_derived
