@@ -30,9 +30,7 @@ def upgrade() -> None:
     with op.batch_alter_table("export_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("lease_until", UtcDateTime(), nullable=True))
-        batch_op.add_column(
-            sa.Column("attempts", sa.Integer(), server_default="0", nullable=False)
-        )
+        batch_op.add_column(sa.Column("attempts", sa.Integer(), server_default="0", nullable=False))
         batch_op.create_index(
             "ix_export_jobs_status_created_at", ["status", "created_at"], unique=False
         )
