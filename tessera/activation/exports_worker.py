@@ -135,9 +135,11 @@ def _claim_next(
     clock: Callable[[], datetime],
     lease: timedelta,
 ) -> _Held | None:
+    """The oldest free job, claimed for `owner`; None when there is none. A stopped
+    worker's job that used up its attempts is failed on the way."""
     while True:
         now = clock()
-        claimed = False
+        claimed = gave_up = False
         with engine.begin() as conn:
             row = conn.execute(
                 sa.select(export_jobs)
@@ -148,7 +150,7 @@ def _claim_next(
             if row is None:
                 return None
             if row.status == RUNNING and row.attempts >= MAX_ATTEMPTS:
-                _give_up(conn, row, now)
+                gave_up = _give_up(conn, row, now)
             else:
                 claimed = claim_export(conn, export_id=row.id, owner=owner, now=now, lease=lease)
         held = _Held(
@@ -161,19 +163,21 @@ def _claim_next(
             clock=clock,
             lease=lease,
         )
-        if row.status == RUNNING:
-            # Its worker stopped mid-file: what it wrote is of no use to anyone.
+        # Its worker stopped mid-file: what it wrote is of no use to anyone. Only the worker
+        # that moved the job on removes it; one that lost the race for the job might
+        # otherwise remove the winner's new temporary file.
+        if row.status == RUNNING and (claimed or gave_up):
             remove_temporary_files(str(export_dir), held.file_name)
-            if claimed:
+        if claimed:
+            if row.status == RUNNING:
                 fields = {"export_id": row.id, "stopped": row.lease_owner, "attempt": held.attempt}
                 log.warning("export.taken_over", extra={"fields": fields})
-        if claimed:
             return held
         # Another worker took it between our read and our update, or it failed for good:
         # try the next one.
 
 
-def _give_up(conn: Connection, row: Any, now: datetime) -> None:
+def _give_up(conn: Connection, row: Any, now: datetime) -> bool:
     until = "" if row.lease_until is None else f" at {row.lease_until:%Y-%m-%dT%H:%M:%SZ}"
     error = (
         f"the worker running it stopped {row.attempts} times without finishing (the last, "
@@ -185,9 +189,11 @@ def _give_up(conn: Connection, row: Any, now: datetime) -> None:
         .where(export_jobs.c.id == row.id, _free(now))
         .values(status=FAILED, error=error, finished_at=now)
     )
-    if failed.rowcount == 1:
-        fields = {"export_id": row.id, "audience_id": row.audience_id, "error": error}
-        log.warning("export.failed", extra={"fields": fields})
+    if failed.rowcount != 1:
+        return False
+    fields = {"export_id": row.id, "audience_id": row.audience_id, "error": error}
+    log.warning("export.failed", extra={"fields": fields})
+    return True
 
 
 def run_next_export(
@@ -226,7 +232,7 @@ def run_next_export(
         held.renew(total=total)
         path, rows = _write_export(held, export_dir)
     except _LeaseLost:
-        log.warning("export.taken_over_from_us", extra={"fields": fields})
+        log.warning("export.lease_lost", extra={"fields": fields})
         return True
     except Exception as exc:
         fields["error"] = str(exc)
@@ -240,7 +246,7 @@ def run_next_export(
     # file holds, so a finished job's numbers describe its file.
     if not held.finish(DONE, path=path, total=rows, done=rows):
         # The file is whole (another worker writing the same name renames a whole file).
-        log.warning("export.taken_over_from_us", extra={"fields": fields})
+        log.warning("export.lease_lost", extra={"fields": fields})
     return True
 
 
