@@ -11,8 +11,10 @@ Run it with the project's virtualenv (duckdb and pyarrow come with the `dev` ext
     .venv/bin/python benchmarks/audiences.py --profile /tmp/prof   # py-spy the measured processes
     .venv/bin/python benchmarks/audiences.py --help     # every knob (sizes, slices, workers)
 
-It reuses the helpers of `benchmarks/identity.py` and `benchmarks/ingest.py` (imported from the
-same directory). Every store is a fresh SQLite file in a temporary directory with the settings
+It uses the harness modules (`harness*.py`); the definitions are in `audiences_definitions.py`
+(benchmarks/pipeline.py creates the same), the drains in `audiences_drain.py`, the 1M-profile
+store in `audiences_store.py`, the DuckDB reference in `audiences_duckdb.py` and the summary in
+`audiences_report.py`. Every store is a fresh SQLite file in a temporary directory with the settings
 a default `tessera serve` uses (synchronous=FULL); TESSERA_* variables in the environment reach
 every part and are printed (and recorded). Time is fixed: every pipeline runs with
 `Pipeline(config, clock=lambda: NOW)` where NOW is 2026-10-31 01:00 UTC, one hour after the

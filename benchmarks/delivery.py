@@ -10,11 +10,11 @@ Run it with the project's virtualenv (nothing else needed; no network beyond loo
     .venv/bin/python benchmarks/delivery.py --profile /tmp/prof   # py-spy the measured processes
     .venv/bin/python benchmarks/delivery.py --help     # every knob (sizes, rates, durations)
 
-It reuses the helpers of `benchmarks/identity.py` and `benchmarks/ingest.py` (imported from the
-same directory): the store settings a default `tessera serve` uses (synchronous=FULL), the
-synthetic profiles of identity.py's lookup store, the server wrapper, the machine description
-and the py-spy summary. TESSERA_* variables in the environment reach every part and are
-printed (and recorded).
+It uses the harness modules (`harness*.py`): the store settings a default `tessera serve` uses
+(synchronous=FULL), the synthetic profiles of identity.py's lookup store, the server wrapper,
+the receiver, the machine description and the py-spy summary; its parts are in
+`delivery_store.py`, `delivery_throughput.py` and `delivery_latency.py`. TESSERA_* variables
+in the environment reach every part and are printed (and recorded).
 
 The receiver is the same in every part: a raw ASGI app under uvicorn (httptools, uvloop) in
 its own spawned process, so it shares no interpreter lock with what sends to it. It parses
@@ -84,7 +84,6 @@ from pathlib import Path
 from typing import Any
 
 from delivery_latency import part_latency
-from delivery_receiver import Receiver
 from delivery_throughput import part_throughput
 from harness import (
     announce,
@@ -93,6 +92,7 @@ from harness import (
     ms,
     record,
 )
+from harness_receiver import Receiver
 from harness_store import (
     region_of,
 )

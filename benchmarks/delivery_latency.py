@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import orjson
-from delivery_receiver import Receiver
 from delivery_store import PROFILE_IGNORE, _templates
 from delivery_throughput import snapshot as throughput_snapshot
 from harness import (
@@ -29,6 +28,7 @@ from harness import (
     pct,
 )
 from harness_profile import finish_spy, start_spy, write_summary
+from harness_receiver import Receiver
 from harness_server import (
     Server,
     create_token,

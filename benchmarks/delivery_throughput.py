@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from delivery_receiver import Receiver
 from delivery_store import PROFILE_IGNORE, build_store
 from harness import (
     TICK,
@@ -25,6 +24,7 @@ from harness import (
     machine_ticks,
 )
 from harness_profile import finish_spy, start_spy, write_summary
+from harness_receiver import Receiver
 from harness_server import (
     HttpConnection,
     child_main,

@@ -10,10 +10,11 @@ Run it with the project's virtualenv (nothing else needed; no network beyond loo
     .venv/bin/python benchmarks/identity.py --profile /tmp/prof   # py-spy the measured processes
     .venv/bin/python benchmarks/identity.py --help     # every knob (sizes, rates, durations)
 
-It reuses the server wrapper, machine description and py-spy summary of `benchmarks/ingest.py`
-(imported from the same directory). Every store is a fresh SQLite file in a temporary
-directory, with the settings a default `tessera serve` uses (synchronous=FULL); other TESSERA_*
-variables in the environment reach every part and are printed (and recorded). The demo
+The shared parts (server, machine, CPU, py-spy, RESULTS.md) are the harness modules
+(`harness*.py`); part 2 is in `identity_latency.py`, part 3 in `identity_lookup.py`. Every
+store is a fresh SQLite file in a temporary directory, with the settings a default
+`tessera serve` uses (synchronous=FULL); other TESSERA_* variables in the environment reach
+every part and are printed (and recorded). The demo
 dataset's region is TESSERA_IDENTITY_PHONE_REGION's (US by default), so national phone numbers
 parse as the generator meant them.
 

@@ -8,6 +8,9 @@ Run it with the project's virtualenv (nothing else needed; no network beyond loo
     .venv/bin/python benchmarks/ingest.py --profile /tmp/prof   # py-spy the server as well
     .venv/bin/python benchmarks/ingest.py --help     # every knob
 
+The driver is `ingest_driver.py`, the ceiling `ingest_ceiling.py`; the server wrapper, the
+machine, CPU, py-spy and RESULTS.md are the harness modules (`harness*.py`).
+
 What one run does:
 
 1. Creates a source with `tessera source create bench` on a fresh SQLite file in a temporary

@@ -1,6 +1,7 @@
-"""Delivery benchmark's receiver: a raw ASGI app under uvicorn in its own process, which
-keeps every messageId it takes in arrival order, and when events carry `properties.sent_at`,
-their arrival time."""
+"""A webhook receiver for benchmarks: a raw ASGI app under uvicorn in its own process (no
+interpreter lock shared with what sends to it), which keeps every messageId it takes in arrival
+order, the arrival time of events that carry `properties.sent_at`, and of audience entries of
+probe profiles (a user_id starting with `probe-`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from harness_server import (
 
 
 class _Tally:
-    """What the receiver took: every messageId in arrival order, and (messageId, sent_at,
-    arrived) for events that carry `properties.sent_at`."""
+    """What the receiver took: every messageId in arrival order, (messageId, sent_at,
+    arrived) for events that carry `properties.sent_at`, and (user_id, audience id, arrived)
+    for audience entries of probe profiles."""
 
     def __init__(self) -> None:
         self.reset()
@@ -30,6 +32,7 @@ class _Tally:
         self.ids: list[str] = []
         self.seen: set[str] = set()
         self.timings: list[tuple[str, float, float]] = []
+        self.entries: list[tuple[str, str, float]] = []
 
     def take(self, body: bytes, arrived: float) -> bool:
         self.requests += 1
@@ -52,7 +55,17 @@ class _Tally:
             sent = properties.get("sent_at") if isinstance(properties, dict) else None
             if isinstance(sent, int | float):
                 self.timings.append((message_id, float(sent), arrived))
+            if message.get("kind") == "audience.entered":
+                self.entry(message, arrived)
         return True
+
+    def entry(self, message: dict[str, Any], arrived: float) -> None:
+        profile = message.get("profile") or {}
+        users = (profile.get("identities") or {}).get("user_id") or []
+        audience = (message.get("audience") or {}).get("id")
+        for user in users:
+            if isinstance(user, str) and user.startswith("probe-"):
+                self.entries.append((user, str(audience), arrived))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -87,6 +100,8 @@ async def _receiver_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         answer = orjson.dumps(_TALLY.ids)
     elif path == "/_timings":
         answer = orjson.dumps(_TALLY.timings)
+    elif path == "/_entries":
+        answer = orjson.dumps(_TALLY.entries)
     elif path == "/_reset":
         _TALLY.reset()
     else:
@@ -157,6 +172,9 @@ class Receiver:
 
     def timings(self) -> list[tuple[str, float, float]]:
         return [tuple(item) for item in self._get("/_timings")]
+
+    def entries(self) -> list[tuple[str, str, float]]:
+        return [tuple(item) for item in self._get("/_entries")]
 
     def reset(self) -> None:
         self._get("/_reset")
