@@ -29,8 +29,9 @@ For each `--derived` mode, one run:
      oldest event not yet applied by both stages (`oldest_waiting_seconds`, the later stage);
    - `--probe-rate` times a second a new user sends a "Signed In" event, which enters the
      audience "signed in lately"; the generator polls GET /api/v1/profiles/user_id:<id> every
-     `--poll-interval` s until the audience shows (event -> audience visible), and the
-     receiver notes when the webhook's entry for that user arrives (event -> webhook).
+     `--poll-interval` s (5x that after 2 s) until the audience shows (event -> audience
+     visible), and the receiver notes when the webhook's entry for that user arrives
+     (event -> webhook).
    After the window it waits (up to `--catch-up` s) until the processor has applied all.
    Counted in the window: events acknowledged, lag p50/p95/max, probe percentiles (one never
    visible counts as infinitely late), and the CPU of every process from /proc (server, its
@@ -266,7 +267,8 @@ def step_line(step: dict[str, Any], lag_limit: float) -> str:
     return (
         f"{step['rate']:>7,.0f} {step['events_per_s']:>9,.0f} {step['lag_p50']:>7.2f} "
         f"{step['lag_p95']:>7.2f} {step['lag_max']:>7.2f} {ms(step['visible_p95'], 0):>11} "
-        f"{ms(step.get('webhook_p95', float('nan')), 0):>11} {step['catch_up_s']:>7.1f} "
+        f"{ms(step['webhook_p95'], 0) if 'webhook_p95' in step else '(later)':>11} "
+        f"{step['catch_up_s']:>7.1f} "
         f"  {cores['server']:.2f} / {workers or '-'} / {cores['receiver']:.2f} / "
         f"{cores['generator']:.2f} / {cores['others']:.2f}"
         f"  {'sustained' if sustained(step, lag_limit) else 'NOT sustained'}"

@@ -189,7 +189,10 @@ class Step:
                 if now - sent_at > spec.probe_timeout:
                     record["visible"] = math.inf
                     return
-                await asyncio.sleep(max(0.0, poll_at + spec.poll_interval - now))
+                # Past 2 s a probe is late anyway: poll 5x less, so an overloaded server
+                # is not also flooded with lookups.
+                interval = spec.poll_interval * (1 if now - sent_at < 2 else 5)
+                await asyncio.sleep(max(0.0, poll_at + interval - now))
         finally:
             self.pool.append(conn)
 
