@@ -142,7 +142,9 @@ from audiences_duckdb import duckdb_members, export_parquet
 from audiences_report import summary_lines
 from audiences_store import build_store
 from harness import (
+    add_output_flags,
     announce,
+    comma_list,
     machine,
     own_cores,
     own_cpu,
@@ -404,7 +406,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument(
         "--parts",
-        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        type=comma_list,
         default=list(PARTS),
         help="comma-separated subset of processing (parts 1-2), recompute (parts 3-4)",
     )
@@ -424,10 +426,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     big.add_argument(
         "--build-workers", type=int, default=2, help="processes generating slices meanwhile"
     )
-    parser.add_argument("--record", action="store_true", help="append the figures to RESULTS.md")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy into DIR/<part>.txt")
-    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(PARTS)
     if unknown or not args.parts:

@@ -86,7 +86,10 @@ from typing import Any
 from delivery_latency import part_latency
 from delivery_throughput import part_throughput
 from harness import (
+    add_output_flags,
     announce,
+    comma_list,
+    comma_numbers,
     machine,
     mark,
     ms,
@@ -223,10 +226,6 @@ anything else on the machine."""
 # --------------------------------------------------------------------------------------------
 
 
-def _numbers(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark delivery to webhooks (see the module docstring)."
@@ -234,7 +233,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and short windows")
     parser.add_argument(
         "--parts",
-        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        type=comma_list,
         default=list(PARTS),
         help="comma-separated subset of batched,unbatched,latency",
     )
@@ -244,14 +243,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--batch-size", type=int, default=500, help="webhook batch_size, batched")
     size.add_argument(
         "--batched-concurrency",
-        type=_numbers,
+        type=comma_numbers,
         default=[4],
         help="comma-separated webhook concurrencies, one batched run each",
     )
     size.add_argument("--unbatched-messages", type=int, default=10_000)
     size.add_argument(
         "--unbatched-concurrency",
-        type=_numbers,
+        type=comma_numbers,
         default=[8, 16],
         help="comma-separated webhook concurrencies, one unbatched run each",
     )
@@ -278,10 +277,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     load.add_argument(
         "--latency-concurrency", type=int, default=None, help="webhook concurrency (plugin's: 4)"
     )
-    parser.add_argument("--record", action="store_true", help="append the figures to RESULTS.md")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy into DIR/<part>.txt")
-    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(PARTS)
     if unknown or not args.parts:

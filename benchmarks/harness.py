@@ -7,6 +7,7 @@ child processes, a minimal HTTP client), `harness_profile.py` (py-spy) and `harn
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -194,6 +195,28 @@ def other_cores(result: dict[str, Any], *measured: str) -> float:
     """The machine's busy cores (`machine_cores`) less those of the `measured` keys."""
     busy: float = result["machine_cores"] - sum(result[key] for key in measured)
     return max(0.0, busy)
+
+
+# --------------------------------------------------------------------------------------------
+# Command lines.
+# --------------------------------------------------------------------------------------------
+
+
+def comma_list(text: str) -> list[str]:
+    """`a, b,c` -> ["a", "b", "c"] (an argparse type)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def comma_numbers(text: str) -> list[int]:
+    return [int(part) for part in comma_list(text)]
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """--record, --profile DIR, --profile-rate and --keep, as the part benchmarks take them."""
+    parser.add_argument("--record", action="store_true", help="append the figures to RESULTS.md")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy into DIR/<part>.txt")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,7 +90,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import (
+    add_output_flags,
     announce,
+    comma_list,
+    comma_numbers,
     machine,
     machine_ticks,
     mark,
@@ -425,10 +428,6 @@ evidence-provable clustering. "other processes" is CPU used by anything else on 
 # --------------------------------------------------------------------------------------------
 
 
-def _numbers(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark identity resolution and profiles (see the module docstring)."
@@ -436,7 +435,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and short windows")
     parser.add_argument(
         "--parts",
-        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        type=comma_list,
         default=list(PARTS),
         help="comma-separated subset of processing,latency,lookup (quality comes with processing)",
     )
@@ -459,7 +458,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     look.add_argument(
         "--lookup-concurrency",
-        type=_numbers,
+        type=comma_numbers,
         default=[1, 4],
         help="comma-separated connection counts, one closed-loop phase each (target: the last)",
     )
@@ -469,10 +468,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     look.add_argument(
         "--lookup-in-process", type=int, default=5_000, help="lookups timed without HTTP"
     )
-    parser.add_argument("--record", action="store_true", help="append the figures to RESULTS.md")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy into DIR/<part>.txt")
-    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(PARTS)
     if unknown or not args.parts:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import gc
 import math
@@ -15,7 +14,6 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,9 @@ from harness import (
     CpuSnapshot,
     pct,
 )
+from harness_load import OpenLoop
 from harness_profile import finish_spy, start_spy, write_summary
 from harness_server import (
-    HttpConnection,
     Server,
     child_main,
     create_token,
@@ -70,38 +68,26 @@ def background_bodies(spec: LatencySpec) -> list[tuple[bytes, int]]:
     return list(encode_batches(dataset.messages, spec.batch_size))
 
 
-class LatencyRun:
+class LatencyRun(OpenLoop):
     """One latency measurement: background batches (open loop), probes, and a /metrics
     sampler for the processor's lag, all on one event loop."""
 
     def __init__(self, spec: LatencySpec, bodies: list[tuple[bytes, int]]) -> None:
+        super().__init__(
+            host=spec.host,
+            port=spec.port,
+            write_key=spec.write_key,
+            token=spec.token,
+            rate=spec.rate,
+            batch_size=spec.batch_size,
+            warmup=spec.warmup,
+            duration=spec.duration,
+            bodies=bodies,
+            probe_rate=spec.probe_rate,
+        )
         self.spec = spec
-        self.bodies = bodies
-        self.host = f"{spec.host}:{spec.port}"
-        self.basic = "Basic " + base64.b64encode(f"{spec.write_key}:".encode()).decode()
-        self.bearer = f"Bearer {spec.token}"
-        self.t0 = time.perf_counter()
-        self.window = (self.t0 + spec.warmup, self.t0 + spec.warmup + spec.duration)
-        self.stopping = False
-        # Background: requests scheduled at the rate wait in `queue` for a free worker.
-        self.queue: asyncio.Queue[float | None] = asyncio.Queue()
-        self.sent = 0
-        self.bg_events = 0
-        self.bg_latencies: list[float] = []
-        self.bg_status: Counter[int] = Counter()
-        self.max_backlog = 0
-        self.errors: dict[str, str] = {}
-        # Probes, their idle connections, and the lag samples.
-        self.pool: list[HttpConnection] = []
-        self.probes: list[dict[str, Any]] = []
-        self.probe_tasks: list[asyncio.Task[None]] = []
         self.lags: list[tuple[float, float, float]] = []  # (since t0, events, oldest seconds)
-        self.metrics = HttpConnection(spec.host, spec.port)
-
-    def in_window(self, moment: float) -> bool:
-        return self.window[0] <= moment <= self.window[1]
-
-    # -- background load ---------------------------------------------------------------------
+        self.metrics = self.connection()
 
     def next_body(self) -> tuple[bytes, int]:
         body, count = self.bodies[self.sent % len(self.bodies)]
@@ -111,42 +97,12 @@ class LatencyRun:
             body = body.replace(b'"messageId":"', f'"messageId":"lap{lap}-'.encode())
         return body, count
 
-    async def bg_worker(self) -> None:
-        conn = HttpConnection(self.spec.host, self.spec.port)
-        try:
-            while (at := await self.queue.get()) is not None:
-                body, count = self.next_body()
-                head = http_head("POST", "/v1/batch", self.host, self.basic, len(body))
-                status, reply = await conn.request(head, body)
-                done = time.perf_counter()
-                if self.in_window(done):
-                    self.bg_status[status] += 1
-                    if status == 200:
-                        self.bg_events += count
-                        self.bg_latencies.append(done - at)
-                if status != 200:
-                    self.errors.setdefault(f"batch {status}", reply[:300].decode(errors="replace"))
-        finally:
-            conn.close()
-
-    async def scheduler(self) -> None:
-        interval = self.spec.batch_size / self.spec.rate
-        k = 0
-        while not self.stopping:
-            k += 1
-            at = self.t0 + k * interval
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            if self.stopping:
-                break
-            self.queue.put_nowait(at)
-            self.max_backlog = max(self.max_backlog, self.queue.qsize())
-
     # -- probes ------------------------------------------------------------------------------
 
     async def probe(self, n: int, counted: bool) -> None:
         """Identify a fresh user, then poll its profile until the trait shows."""
         spec = self.spec
-        conn = self.pool.pop() if self.pool else HttpConnection(spec.host, spec.port)
+        conn = self.pool.pop() if self.pool else self.connection()
         user = f"probe-{spec.tag}-{n}"
         record: dict[str, Any] = {"counted": counted, "polls": 0}
         self.probes.append(record)
@@ -181,16 +137,6 @@ class LatencyRun:
         finally:
             self.pool.append(conn)
 
-    async def prober(self) -> None:
-        n = 0
-        while not self.stopping:
-            n += 1
-            await asyncio.sleep(max(0.0, self.t0 + n / self.spec.probe_rate - time.perf_counter()))
-            if self.stopping:
-                break
-            counted = self.in_window(time.perf_counter())
-            self.probe_tasks.append(asyncio.create_task(self.probe(n, counted)))
-
     # -- the processor's lag, from /metrics ---------------------------------------------------
 
     async def read_lag(self) -> tuple[float, float]:
@@ -220,7 +166,7 @@ class LatencyRun:
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
-        workers = [asyncio.create_task(self.bg_worker()) for _ in range(self.spec.connections)]
+        senders = self.start_senders(self.spec.connections)
         others = [
             asyncio.create_task(self.scheduler()),
             asyncio.create_task(self.prober()),
@@ -230,18 +176,9 @@ class LatencyRun:
         before = CpuSnapshot.take(self.spec.server_pid)
         await asyncio.sleep(self.window[1] - time.perf_counter())
         after = CpuSnapshot.take(self.spec.server_pid)
-        self.stopping = True
-        unsent = self.queue.qsize()
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        for _ in workers:
-            self.queue.put_nowait(None)
-        await asyncio.gather(*others)
-        await asyncio.gather(*workers, *self.probe_tasks)
+        unsent = await self.stop(senders, others)
         catch_up = await self.catch_up()
         self.metrics.close()
-        for conn in self.pool:
-            conn.close()
         return self.figures(before, after, unsent, catch_up)
 
     def figures(
@@ -253,18 +190,18 @@ class LatencyRun:
         visible = sorted(p["visible"] for p in counted if "visible" in p)
         acks = sorted(p["ack"] for p in counted if "ack" in p)
         lags = [(e, o) for t, e, o in self.lags if spec.warmup <= t <= spec.warmup + seconds]
-        latencies = sorted(self.bg_latencies)
+        latencies = sorted(self.latencies)
         return {
             "rate": spec.rate,
             "probe_rate": spec.probe_rate,
             "poll_interval": spec.poll_interval,
             "connections": spec.connections,
             "window_s": seconds,
-            "events_per_s": self.bg_events / seconds,
+            "events_per_s": self.events_ok / seconds,
             "requests_per_s": len(latencies) / seconds,
             "batch_p50": pct(latencies, 0.5),
             "batch_p99": pct(latencies, 0.99),
-            "bg_status": dict(self.bg_status),
+            "bg_status": dict(self.statuses),
             "max_backlog": self.max_backlog,
             "unsent": unsent,
             "probes": len(counted),

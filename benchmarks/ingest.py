@@ -73,7 +73,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import announce, machine, mark, record
+from harness import announce, comma_list, machine, mark, record
 from harness_profile import summarize_profile
 from harness_server import Server
 from ingest_ceiling import measure_ceiling
@@ -231,7 +231,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--phases",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        type=comma_list,
         default=["batch", "single", "paced"],
         help="comma-separated subset of batch,single,paced to run (the ceiling needs batch)",
     )

@@ -66,7 +66,16 @@ from typing import Any
 
 import httpx
 from audiences_definitions import AUDIENCES, NAMED_TRAITS, resolve
-from harness import announce, machine, mark, ms, pct, record, tessera_overrides
+from harness import (
+    announce,
+    comma_list,
+    machine,
+    mark,
+    ms,
+    pct,
+    record,
+    tessera_overrides,
+)
 from harness_profile import finish_spy, start_spy, write_summary
 from harness_receiver import Receiver
 from harness_server import Server, create_token, receive, run_child, stop_child, tessera_flags
@@ -330,7 +339,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2,000 and 4,000/s, 10 s each")
     parser.add_argument(
         "--derived",
-        type=lambda text: [x.strip() for x in text.split(",") if x.strip()],
+        type=comma_list,
         default=["inline"],
         help="TESSERA_PROCESSOR_DERIVED: inline, separate or inline,separate (one run each)",
     )

@@ -6,20 +6,19 @@ enter an audience and are polled through the profile API, and the processor's la
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import gc
 import math
 import os
 import time
 import urllib.parse
-from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 from harness import TICK, children_of, cpu_ticks_of, machine_ticks, pct
-from harness_server import HttpConnection, child_main, event_loop_factory, http_head
+from harness_load import OpenLoop
+from harness_server import child_main, event_loop_factory, http_head
 
 PROBE_EVENT = "Signed In"  # enters "signed in lately" (performed in the last 30 days)
 
@@ -99,68 +98,30 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-class Step:
+class Step(OpenLoop):
     """One rate: background batches (open loop), probes and lag samples on one event loop."""
 
     def __init__(self, spec: DriverSpec, rate: float, bodies: list[tuple[bytes, int]], k: int):
-        self.spec, self.rate, self.bodies, self.k = spec, rate, bodies, k
-        self.host = f"{spec.host}:{spec.port}"
-        self.basic = "Basic " + base64.b64encode(f"{spec.write_key}:".encode()).decode()
-        self.bearer = f"Bearer {spec.token}"
-        self.t0 = time.perf_counter()
-        self.window = (self.t0 + spec.warmup, self.t0 + spec.warmup + spec.duration)
-        self.stopping = False
-        self.queue: asyncio.Queue[float | None] = asyncio.Queue()
-        self.sent = 0
-        self.events_ok = 0
-        self.latencies: list[float] = []
-        self.statuses: Counter[int] = Counter()
-        self.max_backlog = 0
-        self.errors: dict[str, str] = {}
-        self.pool: list[HttpConnection] = []
-        self.probes: list[dict[str, Any]] = []
-        self.probe_tasks: list[asyncio.Task[None]] = []
+        super().__init__(
+            host=spec.host,
+            port=spec.port,
+            write_key=spec.write_key,
+            token=spec.token,
+            rate=rate,
+            batch_size=spec.batch_size,
+            warmup=spec.warmup,
+            duration=spec.duration,
+            bodies=bodies,
+            probe_rate=spec.probe_rate,
+        )
+        self.spec, self.k = spec, k
         self.lags: list[tuple[float, float, int]] = []  # (since t0, oldest seconds, events)
-        self.readyz = HttpConnection(spec.host, spec.port)
-
-    def in_window(self, moment: float) -> bool:
-        return self.window[0] <= moment <= self.window[1]
-
-    async def sender(self) -> None:
-        conn = HttpConnection(self.spec.host, self.spec.port)
-        try:
-            while (at := await self.queue.get()) is not None:
-                body, count = self.bodies[self.sent % len(self.bodies)]
-                self.sent += 1
-                head = http_head("POST", "/v1/batch", self.host, self.basic, len(body))
-                status, reply = await conn.request(head, body)
-                done = time.perf_counter()
-                if self.in_window(done):
-                    self.statuses[status] += 1
-                    if status == 200:
-                        self.events_ok += count
-                        self.latencies.append(done - at)
-                if status != 200:
-                    self.errors.setdefault(f"batch {status}", reply[:300].decode(errors="replace"))
-        finally:
-            conn.close()
-
-    async def scheduler(self) -> None:
-        interval = self.spec.batch_size / self.rate
-        k = 0
-        while not self.stopping:
-            k += 1
-            at = self.t0 + k * interval
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            if self.stopping:
-                break
-            self.queue.put_nowait(at)
-            self.max_backlog = max(self.max_backlog, self.queue.qsize())
+        self.readyz = self.connection()
 
     async def probe(self, n: int, counted: bool) -> None:
         """A new user signs in; poll its profile until it is in the probe audience."""
         spec = self.spec
-        conn = self.pool.pop() if self.pool else HttpConnection(spec.host, spec.port)
+        conn = self.pool.pop() if self.pool else self.connection()
         user = f"probe-{spec.tag}-{self.k}-{n}"
         record: dict[str, Any] = {"user": user, "counted": counted, "polls": 0}
         self.probes.append(record)
@@ -196,16 +157,6 @@ class Step:
         finally:
             self.pool.append(conn)
 
-    async def prober(self) -> None:
-        n = 0
-        while not self.stopping:
-            n += 1
-            await asyncio.sleep(max(0.0, self.t0 + n / self.spec.probe_rate - time.perf_counter()))
-            if self.stopping:
-                break
-            counted = self.in_window(time.perf_counter())
-            self.probe_tasks.append(asyncio.create_task(self.probe(n, counted)))
-
     async def read_lag(self) -> tuple[float, int]:
         """(seconds the oldest event not fully processed has waited, events waiting): the
         later of the two stages, so the derived stage's lag counts when it is separate."""
@@ -233,7 +184,7 @@ class Step:
 
     async def run(self, report: Connection) -> dict[str, Any]:
         spec = self.spec
-        senders = [asyncio.create_task(self.sender()) for _ in range(spec.connections)]
+        senders = self.start_senders(spec.connections)
         others = [
             asyncio.create_task(self.scheduler()),
             asyncio.create_task(self.prober()),
@@ -247,18 +198,9 @@ class Step:
         before = _cpu(pids)
         await asyncio.sleep(self.window[1] - time.perf_counter())
         after = _cpu(pids)
-        self.stopping = True
-        unsent = self.queue.qsize()
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        for _ in senders:
-            self.queue.put_nowait(None)
-        await asyncio.gather(*others)
-        await asyncio.gather(*senders, *self.probe_tasks)
+        unsent = await self.stop(senders, others)
         catch_up = await self.catch_up()
         self.readyz.close()
-        for conn in self.pool:
-            conn.close()
         cores = {
             name: (after[name] - before[name]) / TICK / spec.duration
             for name in before
