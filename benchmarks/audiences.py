@@ -110,10 +110,8 @@ import argparse
 import contextlib
 import gc
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -146,9 +144,11 @@ from harness import (
     announce,
     comma_list,
     machine,
+    make_workdir,
     own_cores,
     own_cpu,
     record,
+    remove_workdir,
     rss_mib,
 )
 from harness_server import child_main, run_child
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     region = region_of(settings)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-audiences-bench-"))
+    workdir = make_workdir("audiences")
     results: dict[str, Any] = {}
     started = time.perf_counter()
     try:
@@ -457,10 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "recompute" in args.parts:
             results["recompute"] = part_recompute(args, workdir, settings, region)
     finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
     results["elapsed_s"] = time.perf_counter() - started
     lines, targets, failed = summary_lines(results)
     lines += targets

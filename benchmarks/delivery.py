@@ -76,11 +76,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from delivery_latency import part_latency
@@ -91,9 +88,11 @@ from harness import (
     comma_list,
     comma_numbers,
     machine,
+    make_workdir,
     mark,
     ms,
     record,
+    remove_workdir,
 )
 from harness_receiver import Receiver
 from harness_store import (
@@ -305,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     region = region_of(settings)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-delivery-bench-"))
+    workdir = make_workdir("delivery")
     results: dict[str, Any] = {}
     receiver: Receiver | None = None
     try:
@@ -332,10 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if receiver is not None:
             receiver.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
     lines, targets, failed = summary_lines(results)
     lines += targets
     if failed:

@@ -13,7 +13,9 @@ import math
 import os
 import platform
 import resource
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,6 +197,19 @@ def other_cores(result: dict[str, Any], *measured: str) -> float:
     """The machine's busy cores (`machine_cores`) less those of the `measured` keys."""
     busy: float = result["machine_cores"] - sum(result[key] for key in measured)
     return max(0.0, busy)
+
+
+def make_workdir(name: str) -> Path:
+    """A new temporary directory for one run's stores and logs."""
+    return Path(tempfile.mkdtemp(prefix=f"tessera-{name}-bench-"))
+
+
+def remove_workdir(workdir: Path, *, keep: bool) -> None:
+    """The end of a run: remove its directory, or say where it is (--keep)."""
+    if keep:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,10 +79,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -96,11 +94,13 @@ from harness import (
     comma_numbers,
     machine,
     machine_ticks,
+    make_workdir,
     mark,
     ms,
     other_cores,
     pct,
     record,
+    remove_workdir,
 )
 from harness_profile import finish_spy, start_spy, write_summary
 from harness_server import (
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     region = region_of(settings)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-identity-bench-"))
+    workdir = make_workdir("identity")
     results: dict[str, Any] = {}
     try:
         if "processing" in args.parts:
@@ -503,10 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "lookup" in args.parts:
             results["lookup"] = part_lookup(args, workdir, settings, region)
     finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
     lines, targets, failed = summary_lines(results)
     lines += targets
     if failed:

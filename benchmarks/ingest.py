@@ -66,14 +66,12 @@ the figures, so take the headline numbers from a run without --profile.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import announce, comma_list, machine, mark, record
+from harness import announce, comma_list, machine, make_workdir, mark, record, remove_workdir
 from harness_profile import summarize_profile
 from harness_server import Server
 from ingest_ceiling import measure_ceiling
@@ -271,14 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce("ingest", info, load=False)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+    workdir = make_workdir("ingest")
     try:
         return _run(args, info, workdir)
     finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
 
 
 def _run(args: argparse.Namespace, info: dict[str, str], workdir: Path) -> int:

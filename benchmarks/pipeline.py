@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -70,10 +69,12 @@ from harness import (
     announce,
     comma_list,
     machine,
+    make_workdir,
     mark,
     ms,
     pct,
     record,
+    remove_workdir,
     tessera_overrides,
 )
 from harness_profile import finish_spy, start_spy, write_summary
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.env:
         print("settings from --env: " + ", ".join(args.env))
     region = region_of(default_settings())
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-pipeline-bench-"))
+    workdir = make_workdir("pipeline")
     runs: dict[str, list[dict[str, Any]]] = {}
     receiver: Receiver | None = None
     try:
@@ -403,10 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if receiver is not None:
             receiver.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
     lines = summary_lines(runs, args)
     print()
     print("\n".join(lines))
