@@ -89,7 +89,9 @@ TARGET_EVENTS_PER_S = 8_000
 QUICK_RATES = [2_000.0, 4_000.0]
 
 
-def create_definitions(api: httpx.Client, receiver_url: str, args: argparse.Namespace) -> dict:
+def create_definitions(
+    api: httpx.Client, receiver_url: str, args: argparse.Namespace
+) -> dict[str, str]:
     """The traits, audiences and webhook through the API; audience name -> id."""
 
     def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
