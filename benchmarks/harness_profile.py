@@ -103,7 +103,7 @@ def _package(frame: str) -> str:
 # Leaf frames where a thread sits waiting rather than running (py-spy's own idle detection
 # misses these here), and frames every stack shares, which say nothing about the hot path
 # (a server's uvicorn, a spawned child's multiprocessing and its benchmark wrapper).
-_IDLE_LEAVES = ("Condition.wait (threading.py", "Event.wait (threading.py", "select (selectors.py")
+_IDLE_LEAVES = {("wait", "threading.py"), ("select", "selectors.py")}
 BOILERPLATE: tuple[str, ...] = (
     "threading.py",
     "typer/",
@@ -120,6 +120,15 @@ BOILERPLATE: tuple[str, ...] = (
     "benchmarks/harness",
 )
 _THREAD = re.compile(r"^thread \(\d+\): ?(?P<name>.*)$")
+
+
+def _idle(leaf: str) -> bool:
+    """A thread parked in Condition/Event.wait or an event loop's select (py-spy names them
+    with or without their class: `select`, `EpollSelector.select`)."""
+    match = _FRAME.match(leaf)
+    if not match:
+        return False
+    return (match["func"].rsplit(".", 1)[-1], match["file"].rsplit("/", 1)[-1]) in _IDLE_LEAVES
 
 
 def _thread_name(frame: str) -> str:
@@ -146,7 +155,7 @@ def summarize_profile(
         if body:
             stacks.append((thread, body, int(number)))
     total = sum(count for _, _, count in stacks)
-    busy_stacks = [s for s in stacks if not s[1][-1].startswith(_IDLE_LEAVES)]
+    busy_stacks = [s for s in stacks if not _idle(s[1][-1])]
     busy = sum(count for _, _, count in busy_stacks)
     if not busy:
         return f"{path}: no busy samples"
