@@ -41,7 +41,8 @@ For each `--derived` mode, one run:
    stops after the first step that is not sustained (`--all-steps` goes on).
 
 The generator shares the machine's cores with the server (the table shows its CPU): at
-10,000 events/s it needs a few percent of a core, since every body is built before its step.
+10,000 events/s it needs a few percent of a core, since every body is built before its step
+(about 1 GB of memory at that rate: the journeys encoded once, and the step's bodies).
 `--profile RATE` runs `py-spy record` on the server and its workers during that step's window
 and writes DIR/<mode>-<process>.txt (collapsed stacks: speedscope.app or flamegraph.pl) and
 .summary.txt; DIR is `--profile-dir` or a new temporary directory, printed. The server is
