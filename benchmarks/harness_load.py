@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from harness_server import HttpConnection, http_head
@@ -108,6 +110,37 @@ class OpenLoop:
                 break
             counted = self.in_window(time.perf_counter())
             self.probe_tasks.append(asyncio.create_task(self.probe(n, counted)))
+
+    async def poll(
+        self,
+        conn: HttpConnection,
+        get: bytes,
+        sent_at: float,
+        record: dict[str, Any],
+        seen: Callable[[bytes], bool],
+        *,
+        interval: float,
+        timeout: float,
+        slow_after: float = math.inf,
+    ) -> None:
+        """Send `get` every `interval` s (5x that once `slow_after` s late, so that an
+        overloaded server is not also flooded with lookups) until a 200 whose body is `seen`:
+        record["visible"] is the seconds since `sent_at`, inf after `timeout`."""
+        while True:
+            poll_at = time.perf_counter()
+            status, reply = await conn.request(get)
+            record["polls"] += 1
+            now = time.perf_counter()
+            if status == 200 and seen(reply):
+                record["visible"] = now - sent_at
+                return
+            if status not in (200, 404):
+                self.errors.setdefault(f"profile {status}", reply[:300].decode(errors="replace"))
+            if now - sent_at > timeout:
+                record["visible"] = math.inf
+                return
+            wait = interval * (5 if now - sent_at >= slow_after else 1)
+            await asyncio.sleep(max(0.0, poll_at + wait - now))
 
     def start_senders(self, connections: int) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.sender()) for _ in range(connections)]

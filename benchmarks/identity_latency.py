@@ -117,23 +117,19 @@ class LatencyRun(OpenLoop):
             if status != 200:
                 record["error"] = f"identify {status}: {reply[:200].decode(errors='replace')}"
                 return
-            while True:
-                poll_at = time.perf_counter()
-                status, reply = await conn.request(get)
-                record["polls"] += 1
-                now = time.perf_counter()
-                if status == 200:
-                    traits = orjson.loads(reply).get("traits") or {}
-                    if traits.get("bench_probe") == n:
-                        record["visible"] = now - sent_at
-                        return
-                elif status != 404:
-                    where = f"profile {status}"
-                    self.errors.setdefault(where, reply[:300].decode(errors="replace"))
-                if now - sent_at > spec.probe_timeout:
-                    record["visible"] = math.inf
-                    return
-                await asyncio.sleep(max(0.0, poll_at + spec.poll_interval - now))
+
+            def seen(reply: bytes) -> bool:
+                return bool((orjson.loads(reply).get("traits") or {}).get("bench_probe") == n)
+
+            await self.poll(
+                conn,
+                get,
+                sent_at,
+                record,
+                seen,
+                interval=spec.poll_interval,
+                timeout=spec.probe_timeout,
+            )
         finally:
             self.pool.append(conn)
 

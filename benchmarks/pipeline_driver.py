@@ -137,23 +137,16 @@ class Step(OpenLoop):
             if status != 200:
                 record["error"] = f"batch {status}: {reply[:200].decode(errors='replace')}"
                 return
-            while True:
-                poll_at = time.perf_counter()
-                status, reply = await conn.request(get)
-                record["polls"] += 1
-                now = time.perf_counter()
-                if status == 200 and _member(orjson.loads(reply), spec.probe_audience):
-                    record["visible"] = now - sent_at
-                    return
-                if status not in (200, 404):
-                    self.errors.setdefault(f"profile {status}", reply[:300].decode("replace"))
-                if now - sent_at > spec.probe_timeout:
-                    record["visible"] = math.inf
-                    return
-                # Past 2 s a probe is late anyway: poll 5x less, so an overloaded server
-                # is not also flooded with lookups.
-                interval = spec.poll_interval * (1 if now - sent_at < 2 else 5)
-                await asyncio.sleep(max(0.0, poll_at + interval - now))
+            await self.poll(
+                conn,
+                get,
+                sent_at,
+                record,
+                lambda reply: _member(orjson.loads(reply), spec.probe_audience),
+                interval=spec.poll_interval,
+                timeout=spec.probe_timeout,
+                slow_after=2.0,
+            )
         finally:
             self.pool.append(conn)
 
