@@ -220,7 +220,11 @@ def normalise_message(
     else:
         message["sentAt"] = iso_utc(sent_at)
     message["receivedAt"] = received_at_iso or iso_utc(received_at)
-    message["timestamp"] = iso_utc(timestamp)
+    # Without a client time (`curl` users, most server-side calls) it is the receipt time.
+    if timestamp is received_at:
+        message["timestamp"] = message["receivedAt"]
+    else:
+        message["timestamp"] = iso_utc(timestamp)
 
     try:
         payload = orjson.dumps(message).decode()
