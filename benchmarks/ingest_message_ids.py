@@ -470,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stored = server.count_events()
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     client = statistics.median(rates["client"])
     generated = statistics.median(rates["generated"])
     print(f"median  client ids ({args.client_ids}): {client:>9,.0f} events/s")
@@ -480,7 +481,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("met" if min(client, generated) >= TARGET_EVENTS_PER_S else "not met")
     )
     print(f"stored {stored:,} events, acknowledged {acked:,}")
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0 if stored == acked else 1
 
 
