@@ -8,6 +8,9 @@ Run it with the project's virtualenv (nothing else needed; no network beyond loo
     .venv/bin/python benchmarks/ingest.py --profile /tmp/prof   # py-spy the server as well
     .venv/bin/python benchmarks/ingest.py --help     # every knob
 
+The driver is `ingest_driver.py`, the ceiling `ingest_ceiling.py`; the server wrapper, the
+machine, CPU, py-spy and RESULTS.md are the harness modules (`harness*.py`).
+
 What one run does:
 
 1. Creates a source with `tessera source create bench` on a fresh SQLite file in a temporary
@@ -63,890 +66,25 @@ the figures, so take the headline numbers from a run without --profile.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import contextlib
-import dataclasses
-import json
-import multiprocessing
-import os
-import platform
-import random
-import re
-import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from tessera.eventlog import service as eventlog_service
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from harness import announce, comma_list, machine, make_workdir, mark, record, remove_workdir
+from harness_profile import summarize_profile
+from harness_server import Server
+from ingest_ceiling import measure_ceiling
+from ingest_driver import PhaseSpec, run_phase
 
 TARGET_BATCH_EVENTS_PER_S = 20_000
 TARGET_SINGLE_REQUESTS_PER_S = 2_000
 TARGET_SINGLE_P99_MS = 25.0
 
-# The server's own columns and statement, so the ceiling inserts exactly what the writer does.
-EVENT_COLUMNS = eventlog_service.COLUMNS
-INSERT_SQL = eventlog_service.insert_sql("sqlite")
-
-
-# --------------------------------------------------------------------------------------------
-# Events: realistic track calls rendered once to bytes; only messageId and timestamp vary.
-# --------------------------------------------------------------------------------------------
-
-_PRODUCTS = [
-    ("Monopoly: 3rd Edition", "Games", "Hasbro", 19.99),
-    ("Uno Card Game", "Games", "Mattel", 3.49),
-    ("Trail Running Shoe", "Footwear", "Salomon", 129.0),
-    ("Espresso Machine", "Kitchen", "De'Longhi", 249.95),
-    ("Noise-cancelling Headphones", "Audio", "Sony", 349.0),
-    ("Merino Wool Sweater", "Apparel", "Icebreaker", 119.5),
-    ("Cast Iron Skillet", "Kitchen", "Lodge", 34.9),
-    ("4K Action Camera", "Electronics", "GoPro", 399.99),
-]
-_EVENTS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
-_AGENTS = [
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Safari/605.1.15",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0.0.0",
-]
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def event_templates(count: int = 64, seed: int = 7) -> list[bytes]:
-    """`count` track messages as JSON without their closing brace, ending in `,` so the
-    request builder appends `"messageId":"…","timestamp":"…"}`."""
-    rng = random.Random(seed)
-    templates = []
-    for _ in range(count):
-        name, category, brand, price = rng.choice(_PRODUCTS)
-        product = f"{rng.randrange(10_000, 99_999)}"
-        message: dict[str, Any] = {
-            "type": "track",
-            "event": rng.choice(_EVENTS),
-            "userId": f"user-{rng.randrange(1, 200_000)}",
-            "anonymousId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "properties": {
-                "product_id": product,
-                "sku": f"{category[:3].upper()}-{product}",
-                "category": category,
-                "name": name,
-                "brand": brand,
-                "price": price,
-                "quantity": rng.randrange(1, 4),
-                "currency": "USD",
-            },
-            "context": {
-                "library": {"name": "analytics-python", "version": "2.3.3"},
-                "ip": f"203.0.113.{rng.randrange(1, 255)}",
-                "locale": "en-US",
-                "userAgent": rng.choice(_AGENTS),
-                "page": {"path": f"/products/{product}"},
-            },
-        }
-        templates.append(_json_bytes(message)[:-1] + b",")
-    return templates
-
-
-def iso_now() -> bytes:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
-
-
-# --------------------------------------------------------------------------------------------
-# The driver: a separate process with a minimal HTTP/1.1 keep-alive client.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseSpec:
-    name: str  # "batch", "single" or "paced"; names the profile file
-    kind: str  # "batch" (POST /v1/batch) or "single" (POST /v1/track)
-    host: str
-    port: int
-    write_key: str
-    connections: int
-    warmup: float
-    duration: float
-    batch_size: int
-    id_prefix: str
-    server_pid: int
-    rate: float = 0.0  # > 0: open loop, requests started at this rate whatever the replies
-    drain_timeout: float = 30.0
-
-
-class _Load:
-    """Shared state of one phase: request builder, window flags and counters."""
-
-    def __init__(self, spec: PhaseSpec) -> None:
-        self.spec = spec
-        self.templates = event_templates()
-        self.n_templates = len(self.templates)
-        self.counter = 0
-        auth = base64.b64encode(f"{spec.write_key}:".encode()).decode()
-        path = "/v1/batch" if spec.kind == "batch" else "/v1/track"
-        self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
-            f"Authorization: Basic {auth}\r\nContent-Type: application/json\r\n"
-            "User-Agent: tessera-bench\r\nContent-Length: "
-        ).encode()
-        self.events_per_request = spec.batch_size if spec.kind == "batch" else 1
-        self.stopping = False
-        self.measuring = False
-        self.window_start = 0.0
-        self.window_end = 0.0
-        self.latencies: list[float] = []
-        self.window_status: Counter[int] = Counter()
-        self.window_events_ok = 0
-        self.total_status: Counter[int] = Counter()
-        self.total_events_ok = 0
-        self.disconnects = 0
-        self.error_samples: dict[int, str] = {}
-        self.busy: set[_Client] = set()
-        self.drained: asyncio.Future[None] | None = None
-        self.event_bytes = 0
-        # Open loop: idle connections, and the scheduled start times waiting for one.
-        self.free: list[_Client] = []
-        self.backlog: deque[float] = deque()
-        self.max_backlog = 0
-        self.scheduled = 0
-        self.t0 = 0.0
-
-    def next_request(self) -> bytes:
-        """Pre-rendered template bytes plus a fresh messageId and timestamp per event."""
-        now = iso_now()
-        tail = b'","timestamp":"' + now + b'"}'
-        prefix = self.spec.id_prefix.encode()
-        templates, n, start = self.templates, self.n_templates, self.counter
-        count = self.events_per_request
-        self.counter = start + count
-        events = [
-            templates[i % n] + b'"messageId":"' + prefix + str(i).encode() + tail
-            for i in range(start, start + count)
-        ]
-        if self.spec.kind == "batch":
-            body = b'{"batch":[' + b",".join(events) + b'],"sentAt":"' + now + b'"}'
-        else:
-            body = events[0]
-        if not self.event_bytes:
-            self.event_bytes = sum(map(len, events)) // count
-        return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
-
-    def completed(self, client: _Client, status: int, body: bytes, latency: float) -> None:
-        self.total_status[status] += 1
-        if status == 200:
-            self.total_events_ok += self.events_per_request
-        elif status not in self.error_samples:
-            self.error_samples[status] = body[:300].decode("utf-8", "replace")
-        if self.measuring:
-            self.window_status[status] += 1
-            if status == 200:
-                self.window_events_ok += self.events_per_request
-                self.latencies.append(latency)
-
-    def next_for(self, client: _Client) -> None:
-        """A reply arrived on `client`: closed loop sends again at once; open loop sends the
-        oldest overdue request, if any, else parks the connection."""
-        if not self.spec.rate:
-            client.send()
-        elif self.backlog and not self.stopping:
-            client.send(self.backlog.popleft())
-        else:
-            self.idle(client)
-            if client.transport is not None and not self.stopping:
-                self.free.append(client)
-
-    def tick(self) -> None:
-        """Open loop: start every request whose scheduled time has come."""
-        if self.stopping:
-            return
-        rate = self.spec.rate
-        due = int((time.perf_counter() - self.t0) * rate)
-        while self.scheduled < due:
-            self.scheduled += 1
-            at = self.t0 + self.scheduled / rate
-            if self.free:
-                self.free.pop().send(at)
-            else:
-                self.backlog.append(at)
-        self.max_backlog = max(self.max_backlog, len(self.backlog))
-        asyncio.get_running_loop().call_later(0.001, self.tick)
-
-    def idle(self, client: _Client) -> None:
-        self.busy.discard(client)
-        if self.stopping and not self.busy and self.drained and not self.drained.done():
-            self.drained.set_result(None)
-
-
-class _Client(asyncio.Protocol):
-    """One keep-alive connection with one request in flight at a time."""
-
-    def __init__(self, load: _Load) -> None:
-        self.load = load
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.need = -1
-        self.header_end = 0
-        self.status = 0
-        self.sent_at = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def send(self, scheduled: float = 0.0) -> None:
-        """Send the next request; latency counts from `scheduled` when given (open loop)."""
-        if self.load.stopping or self.transport is None or self.transport.is_closing():
-            self.load.idle(self)
-            return
-        self.load.busy.add(self)
-        request = self.load.next_request()
-        self.sent_at = scheduled or time.perf_counter()
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if self.need < 0:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buffer[:end]).lower()
-            self.status = int(head[9:12])
-            at = head.find(b"\r\ncontent-length:")
-            if at < 0:  # the server always sends Content-Length; anything else is a bug
-                raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
-            stop = head.find(b"\r\n", at + 17)
-            self.header_end = end + 4
-            self.need = self.header_end + int(head[at + 17 : stop if stop >= 0 else None])
-        if len(buffer) < self.need:
-            return
-        latency = time.perf_counter() - self.sent_at
-        body = bytes(buffer[self.header_end : self.need]) if self.status != 200 else b""
-        del buffer[: self.need]
-        self.need = -1
-        self.load.completed(self, self.status, body, latency)
-        self.load.next_for(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.load.stopping:
-            self.load.disconnects += 1
-        self.transport = None
-        if self in self.load.free:
-            self.load.free.remove(self)
-        self.load.idle(self)
-
-
-def _cpu_ticks_of(pid: int) -> tuple[int, int]:
-    """(CPU ticks of the main thread, CPU ticks of all threads) of process `pid`."""
-    main = total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        total += ticks
-        if int(task) == pid:
-            main = ticks
-    return main, total
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values[:8]) - idle, sum(values[:8])
-
-
-@dataclasses.dataclass
-class CpuSnapshot:
-    server_main: int
-    server_all: int
-    driver: float
-    machine_busy: int
-
-    @classmethod
-    def take(cls, server_pid: int) -> CpuSnapshot:
-        main, total = _cpu_ticks_of(server_pid)
-        usage = os.times()
-        return cls(main, total, usage.user + usage.system, _machine_ticks()[0])
-
-
-async def _run_phase(spec: PhaseSpec, report: Connection) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    load = _Load(spec)
-    failures: list[str] = []
-
-    def on_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        failures.append(f"{context.get('message')}: {context.get('exception')!r}")
-        load.stopping = True
-
-    loop.set_exception_handler(on_error)
-    clients = []
-    for _ in range(spec.connections):
-        client = _Client(load)
-        await loop.create_connection(lambda c=client: c, spec.host, spec.port)  # type: ignore[misc]
-        clients.append(client)
-    started = load.t0 = time.perf_counter()
-    if spec.rate:
-        load.free = list(clients)
-        load.tick()
-    else:
-        for client in clients:
-            client.send()
-
-    await asyncio.sleep(spec.warmup)
-    before = CpuSnapshot.take(spec.server_pid)
-    load.measuring = True
-    load.window_start = time.perf_counter()
-    report.send(("measuring", None))
-    await asyncio.sleep(spec.duration)
-    load.measuring = False
-    load.window_end = time.perf_counter()
-    after = CpuSnapshot.take(spec.server_pid)
-
-    load.stopping = True
-    load.drained = loop.create_future()
-    if load.busy:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(load.drained, spec.drain_timeout)
-    in_flight = len(load.busy)
-    for client in clients:
-        if client.transport is not None:
-            client.transport.close()
-    await asyncio.sleep(0.05)
-
-    if failures:
-        raise RuntimeError(f"the driver failed: {failures[0]}")
-    if not load.total_status.get(200):
-        raise RuntimeError(f"no request succeeded: {load.total_status}, {load.error_samples}")
-    window = load.window_end - load.window_start
-    latencies = sorted(load.latencies)
-    hz = os.sysconf("SC_CLK_TCK")
-
-    def pct(q: float) -> float:
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-    return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "connections": spec.connections,
-        "window_s": window,
-        "elapsed_s": time.perf_counter() - started,
-        "requests_ok": load.window_status[200],
-        "events_ok": load.window_events_ok,
-        "window_status": dict(load.window_status),
-        "total_status": dict(load.total_status),
-        "total_events_ok": load.total_events_ok,
-        "requests_sent": load.counter // load.events_per_request,
-        "rate": spec.rate,
-        "max_backlog": load.max_backlog,
-        "unsent": len(load.backlog),
-        "disconnects": load.disconnects,
-        "still_in_flight": in_flight,
-        "error_samples": load.error_samples,
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
-        "event_bytes": load.event_bytes,
-        "events_per_request": load.events_per_request,
-        "server_cores": (after.server_all - before.server_all) / hz / window,
-        "server_loop_cores": (after.server_main - before.server_main) / hz / window,
-        "driver_cores": (after.driver - before.driver) / window,
-        "machine_busy_cores": (after.machine_busy - before.machine_busy) / hz / window,
-    }
-
-
-def _driver_main(spec: PhaseSpec, report: Connection) -> None:
-    """Entry point of the driver process: run one phase, send its figures back."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        try:
-            import uvloop
-
-            factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-        except ImportError:
-            factory = None
-        with asyncio.Runner(loop_factory=factory) as runner:
-            result = runner.run(_run_phase(spec, report))
-        report.send(("result", result))
-    except BaseException as exc:
-        report.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-
-
-# --------------------------------------------------------------------------------------------
-# The server under test.
-# --------------------------------------------------------------------------------------------
-
-
-def _tessera_command() -> list[str]:
-    script = Path(sys.executable).parent / "tessera"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tessera")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from tessera.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tessera_overrides() -> dict[str, str]:
-    """TESSERA_* settings from our environment that reach the server (experiments such as
-    TESSERA_SQLITE_SYNCHRONOUS=NORMAL); the database URL and log level are always ours."""
-    ours = ("TESSERA_DATABASE_URL", "TESSERA_LOG_LEVEL")
-    return {k: v for k, v in os.environ.items() if k.startswith("TESSERA_") and k not in ours}
-
-
-def _tessera_env(database: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["TESSERA_DATABASE_URL"] = f"sqlite:///{database}"
-    env["TESSERA_LOG_LEVEL"] = "warning"
-    return env
-
-
-def run_tessera(database: Path, *args: str) -> str:
-    done = subprocess.run(
-        [*_tessera_command(), *args],
-        env=_tessera_env(database),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"`tessera {' '.join(args)}` failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
-class Server:
-    """`tessera serve` on a fresh SQLite file in `workdir`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.database = workdir / "tessera.db"
-        self.log_path = workdir / "server.log"
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.write_key = ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> None:
-        output = run_tessera(self.database, "source", "create", "bench")
-        self.write_key = output.strip().splitlines()[-1].strip()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*_tessera_command(), "serve", "--port", str(self.port)],
-                env=_tessera_env(self.database),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the server ourselves
-            )
-        deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{self.port}/healthz"
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tessera serve exited at start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tessera serve did not answer {url}:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def count_events(self, like: str | None = None) -> int:
-        with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
-            if like is None:
-                return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
-            query = "SELECT count(*) FROM events WHERE message_id LIKE ?"
-            return int(db.execute(query, (like,)).fetchone()[0])
-
-
-# --------------------------------------------------------------------------------------------
-# Profiling with py-spy.
-# --------------------------------------------------------------------------------------------
-
-
-def _py_spy() -> str | None:
-    script = Path(sys.executable).parent / "py-spy"
-    return str(script) if script.exists() else shutil.which("py-spy")
-
-
-def start_profiler(
-    pid: int, output: Path, duration: float, rate: int, extra: Sequence[str]
-) -> subprocess.Popen[bytes] | None:
-    exe = _py_spy()
-    if exe is None:
-        print("  (py-spy not found: pip install py-spy into the venv; not profiling)")
-        return None
-    command = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(duration)))]
-    command += ["--rate", str(rate), "--format", "raw", "--threads", "--nonblocking"]
-    command += ["-o", str(output)]
-    command += extra
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-
-
-def _short_path(path: str) -> str:
-    for marker in ("site-packages/", "/lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return path.removeprefix(str(ROOT) + "/")
-
-
-def _frame_name(frame: str, with_line: bool) -> str:
-    match = _FRAME.match(frame)
-    if not match:
-        return frame
-    where = _short_path(match["file"])
-    if with_line and match["line"]:
-        where += f":{match['line']}"
-    return f"{match['func']} ({where})"
-
-
-def _package(frame: str) -> str:
-    match = _FRAME.match(frame)
-    if not match:
-        return frame
-    path = _short_path(match["file"])
-    parts = path.split("/")
-    if parts[0] == "tessera" and len(parts) > 2:
-        return "/".join(parts[:2])
-    if parts[0] in ("", ".") or len(parts) == 1:
-        return "stdlib:" + parts[-1].removesuffix(".py")
-    if parts[0].startswith("python3") or parts[0] in ("asyncio", "concurrent", "threading.py"):
-        return "stdlib:" + parts[0]
-    return parts[0]
-
-
-# Leaf frames where a thread sits waiting rather than running (py-spy's own idle detection
-# misses these here), and frames every stack shares, which say nothing about the hot path.
-_IDLE_LEAVES = ("Condition.wait (threading.py", "Event.wait (threading.py", "select (selectors.py")
-_BOILERPLATE: tuple[str, ...] = (
-    "threading.py",
-    "typer/",
-    "tessera/cli.py",
-    "uvicorn/main.py",
-    "uvicorn/server.py",
-    "uvicorn/_compat.py",
-    "asyncio/runners.py",
-    "anyio/_backends/_asyncio.py",
-    "queue.py",
-    "(tessera)",
-)
-_THREAD = re.compile(r"^thread \(\d+\): ?(?P<name>.*)$")
-
-
-def _thread_name(frame: str) -> str:
-    match = _THREAD.match(frame)
-    return (match["name"] or "thread") if match else frame
-
-
-def summarize_profile(path: Path, seconds: float, rate: int, top: int = 20) -> str:
-    """Hot spots from py-spy raw output (`--threads`): own (leaf) and inclusive samples as a
-    share of the busy samples, i.e. excluding threads parked in a wait, and per thread."""
-    stacks: list[tuple[str, list[str], int]] = []
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not stack or not number.isdigit():
-            continue
-        frames = stack.split(";")
-        thread = _thread_name(frames[0]) if frames[0].startswith("thread") else "?"
-        body = [f for f in frames if not f.startswith(("thread (", "process "))]
-        if body:
-            stacks.append((thread, body, int(number)))
-    total = sum(count for _, _, count in stacks)
-    busy_stacks = [s for s in stacks if not s[1][-1].startswith(_IDLE_LEAVES)]
-    busy = sum(count for _, _, count in busy_stacks)
-    if not busy:
-        return f"{path}: no busy samples"
-    possible = seconds * rate
-    threads: Counter[str] = Counter()
-    idle_threads: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    own_lines: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    packages: Counter[str] = Counter()
-    per_thread_own: dict[str, Counter[str]] = defaultdict(Counter)
-    for thread, _, count in stacks:
-        idle_threads[thread] += count
-    for thread, body, count in busy_stacks:
-        threads[thread] += count
-        idle_threads[thread] -= count
-        leaf = body[-1]
-        own[_frame_name(leaf, False)] += count
-        own_lines[_frame_name(leaf, True)] += count
-        packages[_package(leaf)] += count
-        per_thread_own[thread][_frame_name(leaf, False)] += count
-        for name in {_frame_name(f, False) for f in body}:
-            if not any(marker in name for marker in _BOILERPLATE):
-                inclusive[name] += count
-
-    def table(title: str, counter: Counter[str], n: int = top) -> list[str]:
-        rows = [f"  {title}"]
-        for name, count in counter.most_common(n):
-            rows.append(f"    {100 * count / busy:5.1f}%  {name}")
-        return rows
-
-    out = [
-        f"profile {path.name}: {total} samples over ~{seconds:.0f} s at {rate} Hz, "
-        f"{busy} busy (not parked in a wait); shares are of the busy samples",
-        "  busy time per thread, as a share of one core (waiting for the GIL counts as busy):",
-    ]
-    for thread, count in threads.most_common():
-        out.append(
-            f"    {100 * count / possible:5.1f}%  {thread}"
-            f"  (+{100 * idle_threads[thread] / possible:.0f}% parked)"
-        )
-    out += table("own time by package/module:", packages, 12)
-    out += table("own time by function:", own)
-    out += table("own time by line:", own_lines, 15)
-    out += table("inclusive time by function (with what it calls):", inclusive, 30)
-    for thread, counter in sorted(per_thread_own.items(), key=lambda kv: -threads[kv[0]])[:3]:
-        out += table(f"own time in {thread}:", counter, 12)
-    return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Phases and the ceiling.
-# --------------------------------------------------------------------------------------------
-
-
-def run_phase(
-    spec: PhaseSpec, profile: Path | None, rate: int, extra: Sequence[str]
-) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_driver_main, args=(spec, sender), name=f"driver-{spec.name}")
-    process.start()
-    sender.close()
-    profiler = None
-    result: dict[str, Any] | None = None
-    deadline = time.monotonic() + spec.warmup + spec.duration + spec.drain_timeout + 60
-    try:
-        while result is None:
-            if not receiver.poll(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError(f"the {spec.name} driver did not report in time")
-            try:
-                kind, value = receiver.recv()
-            except EOFError:
-                raise RuntimeError(
-                    f"the {spec.kind} driver died (exit {process.exitcode})"
-                ) from None
-            if kind == "measuring" and profile is not None:
-                output = profile / f"{spec.name}.txt"
-                profiler = start_profiler(spec.server_pid, output, spec.duration, rate, extra)
-            elif kind == "error":
-                raise RuntimeError(f"the {spec.name} driver failed: {value}")
-            elif kind == "result":
-                result = value
-    finally:
-        if result is None:  # failed or interrupted: the driver's figures are not wanted
-            process.terminate()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        if profiler is not None:
-            try:
-                _, stderr = profiler.communicate(timeout=spec.duration + 60)
-                if profiler.returncode != 0:
-                    print(f"  py-spy failed: {stderr.decode(errors='replace').strip()[-500:]}")
-            except subprocess.TimeoutExpired:
-                profiler.kill()
-    return result
-
-
-def _read_stored_rows(database: Path, like: str, limit: int) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        query = (
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE message_id LIKE ? "
-            "ORDER BY seq LIMIT ?"
-        )
-        return db.execute(query, (like, limit)).fetchall()
-
-
-def _fresh_database(workdir: Path, name: str, server_db: Path) -> Path:
-    """A new database with the server's schema (via `tessera migrate`) and its sources."""
-    database = workdir / name
-    run_tessera(database, "migrate")
-    with (
-        contextlib.closing(sqlite3.connect(server_db)) as source,
-        contextlib.closing(sqlite3.connect(database)) as target,
-    ):
-        rows = source.execute("SELECT * FROM sources").fetchall()
-        marks = ", ".join("?" for _ in rows[0])
-        target.executemany(f"INSERT INTO sources VALUES ({marks})", rows)
-        target.commit()
-    return database
-
-
-def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-def ceiling_sqlite3(database: Path, rows: Sequence[tuple[Any, ...]], per_commit: int) -> float:
-    """Rows/s of sqlite3 executemany with the server's pragmas and statement."""
-    db = sqlite3.connect(database, isolation_level=None, check_same_thread=False, timeout=30)
-    try:
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
-            db.execute(f"PRAGMA {pragma}")
-        db.execute("PRAGMA foreign_keys=ON")
-        started = time.perf_counter()
-        for chunk in _chunks(rows, per_commit):
-            db.execute("BEGIN")
-            db.executemany(INSERT_SQL, chunk)
-            db.execute("COMMIT")
-        elapsed = time.perf_counter() - started
-        stored = db.execute("SELECT count(*) FROM events").fetchone()[0]
-    finally:
-        db.close()
-    if stored != len(rows):
-        raise RuntimeError(f"the ceiling stored {stored} rows of {len(rows)}")
-    return len(rows) / elapsed
-
-
-def ceiling_append_events(
-    database: Path, rows: Sequence[tuple[Any, ...]], per_commit: int
-) -> float:
-    """Rows/s of tessera's own `append_events` (one executemany a transaction) on the rows."""
-    from tessera.eventlog.service import NewEvent, append_events
-    from tessera.store import create_store_engine
-
-    def when(text: str | None) -> datetime | None:
-        return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-    events = [
-        NewEvent(
-            source_id=row[0],
-            message_id=row[1],
-            type=row[2],
-            name=row[3],
-            user_id=row[4],
-            anonymous_id=row[5],
-            timestamp=when(row[6]),  # type: ignore[typeddict-item]
-            original_timestamp=when(row[7]),
-            sent_at=when(row[8]),
-            received_at=when(row[9]),  # type: ignore[typeddict-item]
-            payload=row[10],
-        )
-        for row in rows
-    ]
-    engine = create_store_engine(f"sqlite:///{database}", sqlite_synchronous="FULL")
-    try:
-        with engine.begin() as conn:  # connect (pragmas) outside the timing
-            pass
-        started = time.perf_counter()
-        for chunk in _chunks(events, per_commit):
-            with engine.begin() as conn:
-                append_events(conn, chunk)
-        elapsed = time.perf_counter() - started
-    finally:
-        engine.dispose()
-    return len(events) / elapsed
-
-
-def measure_ceiling(workdir: Path, server_db: Path, like: str, limit: int) -> dict[str, Any]:
-    rows = _read_stored_rows(server_db, like, limit)
-    if not rows:
-        raise RuntimeError("no stored batch rows to measure the ceiling with")
-    sql_db = _fresh_database(workdir, "ceiling-sqlite3.db", server_db)
-    core_db = _fresh_database(workdir, "ceiling-sqlalchemy.db", server_db)
-    big_db = _fresh_database(workdir, "ceiling-sqlite3-1000.db", server_db)
-    return {
-        "rows": len(rows),
-        "payload_bytes": sum(len(row[10]) for row in rows) // len(rows),
-        "sqlite3_100": ceiling_sqlite3(sql_db, rows, 100),
-        "sqlalchemy_100": ceiling_append_events(core_db, rows, 100),
-        "sqlite3_1000": ceiling_sqlite3(big_db, rows, 1000),
-    }
-
 
 # --------------------------------------------------------------------------------------------
 # Reporting.
 # --------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, str]:
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cores": str(os.cpu_count()),
-        "cpu": model,
-        "python": platform.python_version(),
-        "commit": commit,
-    }
-
-
-def _mark(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def _cpu_line(result: dict[str, Any]) -> str:
@@ -992,7 +130,7 @@ def summary_lines(
         ]
         targets.append(
             f"  batch  >= {TARGET_BATCH_EVENTS_PER_S:,} events/s: {batch_rate:,.0f}  "
-            f"{_mark(batch_rate >= TARGET_BATCH_EVENTS_PER_S)}"
+            f"{mark(batch_rate >= TARGET_BATCH_EVENTS_PER_S)}"
         )
     if single is not None:
         single_rate = single["requests_ok"] / single["window_s"]
@@ -1004,7 +142,7 @@ def summary_lines(
         ]
         targets.append(
             f"  single >= {TARGET_SINGLE_REQUESTS_PER_S:,} requests/s (closed loop): "
-            f"{single_rate:,.0f}  {_mark(single_rate >= TARGET_SINGLE_REQUESTS_PER_S)}"
+            f"{single_rate:,.0f}  {mark(single_rate >= TARGET_SINGLE_REQUESTS_PER_S)}"
         )
     if paced is not None:
         achieved = paced["requests_ok"] / paced["window_s"]
@@ -1022,7 +160,7 @@ def summary_lines(
         loop = "open loop" if latency is paced else "closed loop"
         targets.append(
             f"  single p99 <= {TARGET_SINGLE_P99_MS:g} ms ({loop}): {p99:.1f} ms  "
-            f"{_mark(p99 <= TARGET_SINGLE_P99_MS)}"
+            f"{mark(p99 <= TARGET_SINGLE_P99_MS)}"
         )
     if ceiling is not None and batch is not None:
         ratio = batch["events_ok"] / batch["window_s"] / ceiling["sqlite3_100"]
@@ -1060,31 +198,6 @@ Targets: >= 20,000 events/s through /v1/batch; >= 2,000 single calls/s with p99 
 """
 
 
-def record(lines: list[str], args: argparse.Namespace, info: dict[str, str]) -> None:
-    if not RESULTS.exists():
-        RESULTS.write_text(RESULTS_HEADER)
-    section = [
-        "",
-        f"## {info['date']}",
-        "",
-        f"- machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}",
-        f"- commit: {info['commit']}",
-        *[f"- setting from the environment: {k}={v}" for k, v in tessera_overrides().items()],
-        f"- run: warm-up {args.warmup:g} s, {args.duration:g} s per phase, "
-        f"{args.batch_connections} batch / {args.single_connections} single connections, "
-        f"open loop at {args.single_rate:g}/s on {args.paced_connections}"
-        + (", profiled with py-spy" if args.profile else ""),
-        "",
-        "```",
-        *lines,
-        "```",
-        "",
-    ]
-    with RESULTS.open("a") as results:
-        results.write("\n".join(section))
-    print(f"appended to {RESULTS.relative_to(ROOT)}")
-
-
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
@@ -1116,7 +229,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--phases",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        type=comma_list,
         default=["batch", "single", "paced"],
         help="comma-separated subset of batch,single,paced to run (the ceiling needs batch)",
     )
@@ -1153,25 +266,14 @@ def _verify(server: Server, label: str, like: str, acked: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
-    print(
-        f"tessera ingest benchmark: {info['date']}, {info['cores']} cores ({info['cpu']}), "
-        f"Python {info['python']}, commit {info['commit']}"
-    )
-    overrides = tessera_overrides()
-    if overrides:
-        print(
-            "settings from the environment: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
-        )
+    announce("ingest", info, load=False)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+    workdir = make_workdir("ingest")
     try:
         return _run(args, info, workdir)
     finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir, keep=args.keep)
 
 
 def _run(args: argparse.Namespace, info: dict[str, str], workdir: Path) -> int:
@@ -1243,7 +345,16 @@ def _run(args: argparse.Namespace, info: dict[str, str], workdir: Path) -> int:
                 print()
                 print(text)
     if args.record:
-        record(lines, args, info)
+        record(
+            info["date"],
+            lines,
+            info=info,
+            header=RESULTS_HEADER,
+            run=f"warm-up {args.warmup:g} s, {args.duration:g} s per phase, "
+            f"{args.batch_connections} batch / {args.single_connections} single connections, "
+            f"open loop at {args.single_rate:g}/s on {args.paced_connections}"
+            + (", profiled with py-spy" if args.profile else ""),
+        )
     return 0 if all(line.endswith("OK") for line in verified) else 1
 
 

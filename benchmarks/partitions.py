@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
@@ -64,8 +61,8 @@ def _url(admin_url: str, name: str) -> str:
 
 def build(admin_url: str, people: int, seed: int) -> dict[str, Any]:
     """The template store: definitions, the demo's log, the main stage applied."""
-    from audiences import define
-    from identity import append_dataset
+    from audiences_definitions import define
+    from harness_store import append_dataset
 
     from tessera.config import Settings
     from tessera.demo import generate
@@ -137,6 +134,7 @@ def _server_cpu() -> float:
 def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
     """Copy the template, run `workers` derived workers on as many partitions until level."""
     from tessera.store import create_store_engine
+    from tessera.store.secrets import generate_key
 
     name = f"{BASE}_{workers}"
     admin = _admin(admin_url)
@@ -152,6 +150,8 @@ def derive(admin_url: str, workers: int, *, timeout: float) -> dict[str, Any]:
         "TESSERA_PROCESSOR_PARTITIONS": str(workers),
         "TESSERA_PROCESSOR_POLL_SECONDS": "0.05",
         "TESSERA_LOG_LEVEL": "warning",
+        # A PostgreSQL store's workers refuse to start without a key for stored secrets.
+        "TESSERA_SECRET_KEY": os.environ.get("TESSERA_SECRET_KEY") or generate_key(),
     }
     command = [sys.executable, "-m", "tessera", "worker", "--stage", "derived", "--no-delivery"]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -219,31 +219,18 @@ def summary(built: dict[str, Any], runs: dict[int, dict[str, Any]]) -> list[str]
     ]
 
 
-def record(lines: list[str], args: argparse.Namespace) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    section = [
-        "",
-        f"## partitions {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, PostgreSQL",
-        f"- commit: {commit}",
-        f"- run: {args.people:,} demo people (seed {args.seed})",
-        "",
-        "```",
-        *lines,
-        "```",
-        "",
-    ]
-    with RESULTS.open("a") as results:
-        results.write("\n".join(section))
-    print(f"appended to {RESULTS.relative_to(ROOT)}")
+def record_run(lines: list[str], args: argparse.Namespace) -> None:
+    from harness import machine, record
+
+    info = machine()
+    record(
+        f"partitions {info['date']}",
+        lines,
+        info=info,
+        machine_suffix=", PostgreSQL",
+        settings=False,
+        run=f"{args.people:,} demo people (seed {args.seed})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = summary(built, runs)
     print("\n".join(lines))
     if args.record:
-        record(lines, args)
+        record_run(lines, args)
     admin = _admin(admin_url)
     for name in (BASE, f"{BASE}_1", f"{BASE}_2"):
         _recreate(admin, name)

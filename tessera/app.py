@@ -28,6 +28,7 @@ from tessera.eventlog import EventLogWriter
 from tessera.ingest import api as ingest_api
 from tessera.ingest.sources import WriteKeyCache
 from tessera.processor import Pipeline, Processor
+from tessera.processor.extensions import worker_jobs
 from tessera.profiles import api as profiles_api
 from tessera.profiles.lookup import ProfileLookup
 from tessera.store import create_store_engine
@@ -67,6 +68,7 @@ def _background_work(
             pipeline,
             poll_seconds=settings.processor_poll_seconds,
             on_applied=deliverer.wake,
+            jobs=worker_jobs(settings),
         )
         return processor, deliverer
     if settings.processor_mode == "process":

@@ -391,7 +391,7 @@ def rebuild() -> None:
         run_maintenance,
         run_once,
     )
-    from tessera.processor_models import DERIVED
+    from tessera.processor.models import DERIVED
 
     settings = _settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -402,7 +402,7 @@ def rebuild() -> None:
         # One process replays both stages together, whatever the workers do day to day.
         pipeline.config = replace(pipeline.config, derived="inline", partitions=1)
         with engine.begin() as conn:
-            reset_derived_state(conn)
+            reset_derived_state(conn, stages=pipeline.stages)
         ensure_layout(engine, pipeline)  # partitioned workers lay theirs out again
         with engine.connect() as conn:
             total = lag(conn).events
@@ -466,7 +466,8 @@ def worker(
     import threading
 
     from tessera.activation.delivery import Deliverer
-    from tessera.processor import STAGES, Pipeline, Processor, tune_gc_for_processing
+    from tessera.processor import MAIN, STAGES, Pipeline, Processor, tune_gc_for_processing
+    from tessera.processor.extensions import worker_jobs
     from tessera.worker_process import follow_wake_pipe
 
     stages = {"all": STAGES, **{name: (name,) for name in STAGES}}
@@ -492,6 +493,9 @@ def worker(
             on_applied=deliverer.wake if deliverer is not None else None,
             stages=stages[stage],
             partitions=own,
+            # Worker jobs run beside the main stage (one such worker per deployment at
+            # least); a `--stage derived` worker keeps to its stage.
+            jobs=worker_jobs(settings) if MAIN in stages[stage] else (),
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

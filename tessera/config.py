@@ -292,6 +292,23 @@ class Settings(BaseSettings):
         default=Path("exports"),
         description="Directory where audience export jobs write their files.",
     )
+    export_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "How long a worker holds an audience export job without renewing (it renews with "
+            "every page of 5,000 members); a job whose worker stopped is started again by "
+            "another after this long, at most 3 times."
+        ),
+    )
+    export_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description=(
+            "How long an audience export's file is kept after its job finished; then the "
+            "delivery worker deletes it and the job shows `expired`."
+        ),
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -11,6 +11,7 @@
         ├── Forbidden            403  known credentials, not allowed (a disabled source)
         ├── NotFound             404  a named thing (source, profile, token) does not exist
         ├── Conflict             409  the name is taken
+        ├── Gone                 410  it existed and was deleted for good (an expired export)
         ├── PayloadTooLarge      413  over a documented size limit
         ├── UnsupportedMediaType 415  a content type or encoding we do not read
         ├── TooManyRequests      429  back-pressure; carries `retry_after` seconds
@@ -101,6 +102,11 @@ class NotFound(HTTPError):
 class Conflict(HTTPError):
     status_code = 409
     code = "conflict"
+
+
+class Gone(HTTPError):
+    status_code = 410
+    code = "gone"
 
 
 class PayloadTooLarge(HTTPError):

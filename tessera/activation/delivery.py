@@ -203,13 +203,19 @@ class Deliverer:
         await asyncio.to_thread(self._release_all, list(tasks))
 
     async def _exports(self) -> None:
-        """Audience export jobs, one at a time, as they are asked for."""
-        from tessera.activation.exports import run_next_export
+        """Audience export jobs, one at a time, as they are asked for (and those whose
+        worker stopped, once its lease has run out)."""
+        from tessera.activation.exports_worker import run_next_export
 
         while not self._stopping.is_set():
             try:
                 ran = await asyncio.to_thread(
-                    run_next_export, self._engine, export_dir=self._settings.export_dir
+                    run_next_export,
+                    self._engine,
+                    export_dir=self._settings.export_dir,
+                    clock=self._clock,
+                    owner=self.owner,
+                    lease_seconds=self._settings.export_lease_seconds,
                 )
             except Exception as exc:
                 event(log, logging.ERROR, "delivery.export_failed", error=repr(exc)[:500])
@@ -222,6 +228,8 @@ class Deliverer:
             return store.enabled_destinations(conn)
 
     def _housekeep(self) -> None:
+        from tessera.activation.exports_worker import expire_exports
+
         retention = timedelta(hours=self._settings.delivery_log_retention_hours)
         try:
             with self._engine.begin() as conn:
@@ -230,6 +238,15 @@ class Deliverer:
                 self._housekeeping()
         except Exception as exc:
             event(log, logging.ERROR, "delivery.housekeeping_failed", error=repr(exc)[:500])
+        try:  # on its own: a failed prune must not keep old export files for ever
+            expire_exports(
+                self._engine,
+                export_dir=self._settings.export_dir,
+                now=self._clock(),
+                retention=timedelta(hours=self._settings.export_retention_hours),
+            )
+        except Exception as exc:
+            event(log, logging.ERROR, "delivery.export_expiry_failed", error=repr(exc)[:500])
 
     def _release_all(self, ids: list[str]) -> None:
         try:

@@ -1,35 +1,32 @@
 """Audience exports: an audience's whole member list with identities and traits, read a page
-at a time (`audience_snapshot`, shared with the file destination), and export jobs that write
-it to a file with visible progress (`create_export`, `run_next_export`)."""
+at a time (`audience_snapshot`, shared with the file destination), and the export jobs people
+ask for (`create_export`, `get_export`, `list_exports`); `exports_worker` runs them."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from tessera.activation.files import FORMATS, Format, write_table
+from tessera.activation.files import FORMATS
 from tessera.activation.models import export_jobs
 from tessera.activation.plugins import AudienceSnapshot
 from tessera.audiences.models import audience_members, audiences
-from tessera.errors import BadRequest, NotFound, TesseraError
+from tessera.errors import BadRequest, NotFound
 from tessera.identity.models import identities
 from tessera.profiles.models import profile_traits
 from tessera.store.chunks import chunked
 
-log = logging.getLogger(__name__)
-
 SNAPSHOT_COLUMNS = ["profile_id", "entered_at", "identities", "traits"]
 PAGE_SIZE = 5_000
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-MAX_ERROR = 4_000
+# A job's life: queued, running (again, when its worker stopped), then done or failed; a
+# done job's file is deleted after the retention, and the job is then expired.
+QUEUED, RUNNING, DONE, FAILED, EXPIRED = "queued", "running", "done", "failed", "expired"
 
 
 # -- the member list --------------------------------------------------------------------
@@ -130,7 +127,9 @@ def _traits_of(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]
     return found
 
 
-def _member_count(conn: Connection, audience_id: str) -> int:
+def count_members(conn: Connection, *, audience_id: str) -> int:
+    """How many members the audience has now; NotFound for an unknown audience."""
+    _audience_name(conn, audience_id)
     return int(
         conn.execute(
             sa.select(sa.func.count()).where(audience_members.c.audience_id == audience_id)
@@ -158,6 +157,7 @@ def _view(row: Any) -> dict[str, Any]:
         "total": total,
         "done": done,
         "progress": progress,
+        "attempts": int(row.attempts),
         "path": row.path,
         "error": row.error,
         "created_by": row.created_by,
@@ -170,7 +170,8 @@ def _view(row: Any) -> dict[str, Any]:
 def create_export(
     conn: Connection, *, audience_id: str, fmt: str, actor: str | None
 ) -> dict[str, Any]:
-    """Queue an export of the audience's members; a worker runs it (`run_next_export`)."""
+    """Queue an export of the audience's members; a worker runs it
+    (`exports_worker.run_next_export`)."""
     if fmt not in FORMATS:
         raise BadRequest(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     _audience_name(conn, audience_id)
@@ -209,99 +210,3 @@ def list_exports(
     if audience_id is not None:
         query = query.where(export_jobs.c.audience_id == audience_id)
     return [_view(row) for row in conn.execute(query)]
-
-
-def claim_export(conn: Connection, *, export_id: str) -> bool:
-    """Take a queued job for this worker. Optimistic: the update only matches while the job
-    is still queued, so of two workers that picked the same job, exactly one gets it."""
-    claimed = conn.execute(
-        export_jobs.update()
-        .where(export_jobs.c.id == export_id, export_jobs.c.status == QUEUED)
-        .values(status=RUNNING)
-    )
-    return claimed.rowcount == 1
-
-
-def _claim_oldest(engine: Engine) -> Any:
-    while True:
-        with engine.begin() as conn:
-            row = conn.execute(
-                sa.select(export_jobs)
-                .where(export_jobs.c.status == QUEUED)
-                .order_by(export_jobs.c.created_at, export_jobs.c.id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            if claim_export(conn, export_id=row.id):
-                return row
-        # Another worker took it between our read and our update: try the next one.
-
-
-def run_next_export(engine: Engine, *, export_dir: Path, now: datetime | None = None) -> bool:
-    """Run the oldest queued export job to the end; False when none was queued.
-
-    The file is `audience-{audience_id}-{export_id}.{format}` in `export_dir`. `done` is
-    committed after every page, so the API shows progress while the job runs. Any error
-    fails the job with its text; it is never lost, and never raised to the caller's loop.
-    `now` is the moment recorded as `finished_at` (tests pin it); the clock's otherwise.
-    """
-    job = _claim_oldest(engine)
-    if job is None:
-        return False
-    try:
-        with engine.begin() as conn:
-            total = _member_count(conn, job.audience_id)
-            conn.execute(export_jobs.update().where(export_jobs.c.id == job.id).values(total=total))
-        path, rows = _write_export(engine, job, export_dir)
-    except Exception as exc:
-        fields = {"export_id": job.id, "audience_id": job.audience_id, "error": str(exc)}
-        if isinstance(exc, TesseraError | OSError):  # expected: the error says it all
-            log.warning("export.failed", extra={"fields": fields})
-        else:
-            log.exception("export.failed", extra={"fields": fields})
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
-        _finish(engine, job.id, now, status=FAILED, error=error)
-        return True
-    # Members may enter or leave while a large audience is read: `total` becomes what the
-    # file holds, so a finished job's numbers describe its file.
-    _finish(engine, job.id, now, status=DONE, path=path, total=rows, done=rows)
-    return True
-
-
-def _write_export(engine: Engine, job: Any, export_dir: Path) -> tuple[str, int]:
-    fmt: Format = job.format
-    written = 0
-
-    def with_progress(pages: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-        nonlocal written
-        for page in pages:
-            yield from page
-            written += len(page)
-            # A short transaction of its own, so readers see progress while the file grows.
-            with engine.begin() as conn:
-                conn.execute(
-                    export_jobs.update().where(export_jobs.c.id == job.id).values(done=written)
-                )
-
-    with engine.connect() as conn:
-        _audience_name(conn, job.audience_id)  # deleted since the job was queued: NotFound
-        path = write_table(
-            str(export_dir),
-            f"audience-{job.audience_id}-{job.id}.{fmt}",
-            fmt,
-            list(SNAPSHOT_COLUMNS),
-            with_progress(member_pages(conn, audience_id=job.audience_id)),
-        )
-    return path, written
-
-
-def _finish(
-    engine: Engine, export_id: str, now: datetime | None, *, status: str, **values: Any
-) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            export_jobs.update()
-            .where(export_jobs.c.id == export_id)
-            .values(status=status, finished_at=now or datetime.now(UTC), **values)
-        )

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tessera.activation import exports
 from tessera.api.deps import ConnectionDep, Principal, client_ip, require
 from tessera.audit.service import record
-from tessera.errors import Conflict, Forbidden, NotFound
+from tessera.errors import Conflict, Forbidden, Gone, NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["exports"])
 # Reading a job's status says nothing about the people in it; its file does.
@@ -40,10 +40,15 @@ class ExportOut(BaseModel):
     id: str
     audience_id: str
     format: str
-    status: str = Field(description="`queued`, `running`, `done` or `failed`.")
+    status: str = Field(
+        description="`queued`, `running`, `done`, `failed`, or `expired` (its file deleted)."
+    )
     total: int | None = Field(description="Members to write; counted when the job starts.")
     done: int = Field(description="Members written so far.")
     progress: float | None = Field(description="`done / total`, 0 to 1; null while queued.")
+    attempts: int = Field(
+        description="Times a worker started it: more than 1 when a worker stopped mid-file."
+    )
     created_by: str | None
     created_at: datetime
     finished_at: datetime | None
@@ -98,16 +103,26 @@ def get_export(export_id: str, conn: ConnectionDep, _: Reader) -> dict[str, Any]
     "/exports/{export_id}/download",
     response_class=FileResponse,
     summary="Download an export's file",
-    responses={409: {"description": "The export is not done (yet)."}},
+    responses={
+        409: {"description": "The export is not done (yet)."},
+        410: {"description": "The export expired: its file was deleted."},
+    },
 )
 def download_export(
     export_id: str, request: Request, conn: ConnectionDep, principal: Exporter
 ) -> FileResponse:
-    """The file, once the job is `done`; 409 before that (or when it failed)."""
+    """The file, once the job is `done`; 409 before that (or when it failed), 410 once it
+    expired."""
     # The file holds raw emails and phones; no role that sees them masked may take it away.
     if not principal.may("pii:read"):
         raise Forbidden(f"role {principal.role!r} may not read personal data (pii:read)")
     job = exports.get_export(conn, export_id=export_id)
+    if job["status"] == exports.EXPIRED:
+        hours = request.app.state.settings.export_retention_hours
+        raise Gone(
+            f"export {export_id!r} expired: its file is deleted {hours:g} hours after the job "
+            "finished (TESSERA_EXPORT_RETENTION_HOURS); export the audience again"
+        )
     if job["status"] != exports.DONE:
         reason = f" ({job['error']})" if job["error"] else ""
         raise Conflict(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import glob
 import io
 import itertools
 import os
@@ -95,9 +96,25 @@ def _filesystem(url: str) -> tuple[Any, str]:
     return fs, str(directory)
 
 
+def remove_temporary_files(
+    directory: str, name: str, *, older_than: datetime | None = None
+) -> list[str]:
+    """Remove the temporary files that writes of `name` (a glob pattern: `audience-*`) left
+    in the local `directory` when their process died before it could; only those last
+    changed before `older_than`, if given. Returns their paths."""
+    removed = []
+    for temporary in glob.glob(os.path.join(glob.escape(directory), f".{name}.tmp-*")):
+        with contextlib.suppress(FileNotFoundError):
+            if older_than is None or os.path.getmtime(temporary) < older_than.timestamp():
+                os.remove(temporary)
+                removed.append(temporary)
+    return removed
+
+
 def _write_local(final: str, fmt: Format, columns: list[str], rows: Iterable[Any]) -> None:
     # A temporary name in the same directory, then a rename: on one file system the rename
     # is atomic (os.replace), so a reader sees the previous file or the whole new one.
+    # (`remove_temporary_files` knows this name.)
     directory, name = os.path.split(final)
     temporary = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(6)}")
     try:

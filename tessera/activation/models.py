@@ -108,7 +108,7 @@ export_jobs = sa.Table(
     sa.Column("id", sa.String(32), primary_key=True),  # "exp_<random>"
     sa.Column("audience_id", sa.String(32), nullable=False),
     sa.Column("format", sa.String(8), nullable=False),  # csv | jsonl | parquet
-    # "queued" | "running" | "done" | "failed"
+    # "queued" | "running" | "done" | "failed" | "expired" (done, and its file deleted)
     sa.Column("status", sa.String(12), nullable=False),
     sa.Column("total", sa.BigInteger, nullable=True),
     sa.Column("done", sa.BigInteger, nullable=False, default=0),
@@ -117,4 +117,11 @@ export_jobs = sa.Table(
     sa.Column("created_by", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime, nullable=True),
+    # The worker running it renews its lease a page at a time; a job still `running` past
+    # `lease_until` lost its worker, and the next worker starts it again (`attempts` + 1).
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", UtcDateTime, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    # Workers poll for the oldest queued (or abandoned) job; retention for old done ones.
+    sa.Index("ix_export_jobs_status_created_at", "status", "created_at"),
 )

@@ -42,7 +42,7 @@ from tessera.activation.plugins import (
 from tessera.activation.subscriptions import parse_subscriptions
 from tessera.audiences.models import audience_members, audiences
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
-from tessera.processor_models import hold_processor
+from tessera.processor.models import hold_processor
 from tessera.store.secrets import (
     Keyring,
     SecretUnreadable,

@@ -14,7 +14,7 @@ from tessera.activation import service as activation_service
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
 from tessera.processor import dropped_counts, health, lag
-from tessera.processor_models import DERIVED, processor_state
+from tessera.processor.models import DERIVED, processor_state
 from tessera.store import current_revision, head_revision
 from tessera.worker_process import ProcessorHandle
 

@@ -27,7 +27,7 @@ from tessera.audiences.models import (
 )
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.eventlog.models import events
-from tessera.processor_models import hold_processor
+from tessera.processor.models import hold_processor
 from tessera.profiles.computed import parse_computed_trait
 from tessera.profiles.models import computed_trait_values, computed_traits, profiles
 

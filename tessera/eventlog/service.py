@@ -77,6 +77,18 @@ def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
         # `seq > position` never passes over a row that commits late.
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
     if dialect == "sqlite":
+        # The rows of one request share `received_at`, and `timestamp` is often that very
+        # moment: format each distinct moment once (datetimes cache their hash).
+        formatted: dict[datetime, str | None] = {}
+
+        def text(moment: datetime | None) -> str | None:
+            if moment is None:
+                return None
+            found = formatted.get(moment)
+            if found is None:
+                found = formatted[moment] = sqlite_time(moment)
+            return found
+
         params: list[tuple[Any, ...]] = [
             (
                 row["source_id"],
@@ -85,10 +97,10 @@ def append_events(conn: Connection, rows: Sequence[NewEvent]) -> int:
                 row["name"],
                 row["user_id"],
                 row["anonymous_id"],
-                sqlite_time(row["timestamp"]),
-                sqlite_time(row["original_timestamp"]),
-                sqlite_time(row["sent_at"]),
-                sqlite_time(row["received_at"]),
+                text(row["timestamp"]),
+                text(row["original_timestamp"]),
+                text(row["sent_at"]),
+                text(row["received_at"]),
                 row["payload"],
             )
             for row in rows

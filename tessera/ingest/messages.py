@@ -13,13 +13,13 @@ A message that breaks a rule raises `MessageError` with a reason naming the fiel
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from tessera.eventlog import NewEvent
+from tessera.ingest.message_ids import new_message_id
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
@@ -206,7 +206,7 @@ def normalise_message(
     elif kind == "alias":
         _identifier(message, "previousId", required=True)
 
-    message_id = _identifier(message, "messageId") or str(uuid.uuid4())
+    message_id = _identifier(message, "messageId") or new_message_id()
     message["messageId"] = message_id
 
     original = parse_timestamp("originalTimestamp", message.get("originalTimestamp"))
@@ -220,7 +220,11 @@ def normalise_message(
     else:
         message["sentAt"] = iso_utc(sent_at)
     message["receivedAt"] = received_at_iso or iso_utc(received_at)
-    message["timestamp"] = iso_utc(timestamp)
+    # Without a client time (`curl` users, most server-side calls) it is the receipt time.
+    if timestamp is received_at:
+        message["timestamp"] = message["receivedAt"]
+    else:
+        message["timestamp"] = iso_utc(timestamp)
 
     try:
         payload = orjson.dumps(message).decode()

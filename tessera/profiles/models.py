@@ -20,6 +20,11 @@ profiles = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("event_count", sa.Integer, nullable=False, default=0),
+    # Pulls `updated_since` a moment (activation/pull.py) read the surviving profiles changed
+    # since then from here. `merged_into` leads because SQLite, which keeps no statistics,
+    # otherwise prefers the equality on `ix_profiles_merged_into` to a range on `updated_at`
+    # and sorts every surviving profile for each page.
+    sa.Index("ix_profiles_merged_into_updated_at", "merged_into", "updated_at"),
 )
 
 profile_traits = sa.Table(

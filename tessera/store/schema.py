@@ -25,7 +25,7 @@ MODEL_MODULES = (
     "tessera.eventlog.models",
     "tessera.identity.models",
     "tessera.profiles.models",
-    "tessera.processor_models",
+    "tessera.processor.models",
     "tessera.auth.models",
     "tessera.audit.models",
     "tessera.audiences.models",

@@ -18,15 +18,9 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import Engine
 
-from tessera.activation import exports
-from tessera.activation.exports import (
-    audience_snapshot,
-    claim_export,
-    create_export,
-    get_export,
-    list_exports,
-    run_next_export,
-)
+from tessera.activation import exports, exports_worker
+from tessera.activation.exports import audience_snapshot, create_export, get_export, list_exports
+from tessera.activation.exports_worker import claim_export, run_next_export
 from tessera.activation.files import write_table as real_write_table
 from tessera.activation.models import export_jobs
 from tessera.audiences.models import audience_members, audiences
@@ -228,8 +222,10 @@ def test_an_export_job_writes_every_member(
     assert (job["status"], job["total"], job["done"], job["progress"]) == ("queued", None, 0, None)
     assert job["download_url"] is None
 
-    assert run_next_export(engine, export_dir=export_dir, now=NOW) is True
-    assert run_next_export(engine, export_dir=export_dir, now=NOW) is False  # nothing queued
+    assert run_next_export(engine, export_dir=export_dir, clock=lambda: NOW) is True
+    assert (
+        run_next_export(engine, export_dir=export_dir, clock=lambda: NOW) is False
+    )  # nothing queued
 
     with engine.connect() as conn:
         done = get_export(conn, export_id=job["id"])
@@ -263,7 +259,7 @@ def test_progress_is_committed_after_every_page(
 
         return real_write_table(url, name, fmt, columns, observed())
 
-    monkeypatch.setattr(exports, "write_table", watching)
+    monkeypatch.setattr(exports_worker, "write_table", watching)
     assert run_next_export(engine, export_dir=tmp_path)
     assert {status for status, _, _ in seen} == {"running"}
     assert {total for _, total, _ in seen} == {10}
@@ -290,7 +286,7 @@ def test_a_failed_job_records_its_error(
         first = create_export(conn, audience_id="aud_vip", fmt="csv", actor=None)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("x")
-    assert run_next_export(engine, export_dir=blocker / "exports", now=NOW) is True
+    assert run_next_export(engine, export_dir=blocker / "exports", clock=lambda: NOW) is True
     with engine.connect() as conn:
         failed = get_export(conn, export_id=first["id"])
     assert failed["status"] == "failed"
@@ -340,12 +336,15 @@ def test_a_job_is_claimed_once(engine: Engine, tmp_path: Path) -> None:
     with engine.begin() as conn:
         job = create_export(conn, audience_id="aud_vip", fmt="parquet", actor=None)
     # Two workers that both read the job as queued: only the first update matches.
+    now = datetime.now(UTC)
     with engine.begin() as conn:
-        assert claim_export(conn, export_id=job["id"]) is True
+        assert claim_export(conn, export_id=job["id"], owner="first", now=now) is True
     with engine.begin() as conn:
-        assert claim_export(conn, export_id=job["id"]) is False
+        assert claim_export(conn, export_id=job["id"], owner="second", now=now) is False
         conn.execute(
-            export_jobs.update().where(export_jobs.c.id == job["id"]).values(status="queued")
+            export_jobs.update()
+            .where(export_jobs.c.id == job["id"])
+            .values(status="queued", attempts=0)
         )
 
     # And for real: several workers at once run it exactly once.

@@ -10,13 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.engine import Engine
 
-from tessera.activation.pull import decode_cursor, encode_cursor
+from tessera.activation.pull import decode_cursor, encode_cursor, list_profile_ids
 from tessera.auth.tokens import create_token
 from tessera.errors import BadRequest
 from tessera.processor import wait_until_caught_up
+from tessera.profiles.models import profiles
 from tests.conftest import LiveTessera
 from tests.ingest.helpers import post
 
@@ -283,3 +286,48 @@ def test_any_other_cursor_is_refused_or_is_one_we_made(text: str) -> None:
         assert repr(text[:40]) in error.message
     else:
         assert encode_cursor(profile_id) == text
+
+
+def test_an_updated_since_pull_reads_the_index_not_every_profile(engine: Engine) -> None:
+    """The page query of `updated_since` finds the few recently updated profiles through
+    `ix_profiles_merged_into_updated_at` on both backends, instead of reading (and, on
+    SQLite, sorting) every surviving profile for each page."""
+    old = datetime(2026, 1, 1, tzinfo=UTC)
+    recent = old + timedelta(days=30)
+    rows = [
+        {
+            "id": f"prf_{n:06d}",
+            "created_seq": n,
+            "created_at": old,
+            "updated_at": recent if n % 1000 == 7 else old + timedelta(seconds=n),
+            "event_count": 1,
+        }
+        for n in range(5000)
+    ]
+    with engine.begin() as conn:
+        conn.execute(profiles.insert(), rows)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE profiles")
+    statements: list[tuple[str, Any]] = []
+
+    def capture(*args: Any) -> None:
+        statements.append((args[2], args[3]))  # statement, parameters
+
+    since = recent - timedelta(days=1)
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as conn:
+            ids, last = list_profile_ids(
+                conn, audience_id=None, updated_since=since, after=None, limit=100
+            )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert (ids, last) == ([f"prf_{n:06d}" for n in range(7, 5000, 1000)], None)
+    statement, parameters = statements[-1]
+    explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+    with engine.connect() as conn:
+        plan = "\n".join(
+            str(row[-1]) for row in conn.exec_driver_sql(explain + statement, parameters)
+        )
+    assert "ix_profiles_merged_into_updated_at" in plan, plan

@@ -36,6 +36,7 @@ from tessera.profiles.views import computed_trait_values_of
 from tessera.store.migrate import alembic_config, upgrade
 from tests.audiences.test_rebuild_audiences import messages
 from tests.audiences.test_stage import T0, Clock, define, derived, make_pipeline, order, settle
+from tests.examples import examples
 from tests.identity.helpers import ingest, profile_id
 
 
@@ -83,7 +84,9 @@ def run_main(engine: Engine, pipe: Pipeline) -> int:
     define_at=st.integers(0, 5),
 )
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_separate_and_switched_stages_equal_a_rebuild(
     engine: Engine,

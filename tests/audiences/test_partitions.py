@@ -34,12 +34,13 @@ from tessera.processor import (
     run_partition_once,
     unmerge,
 )
-from tessera.processor_models import partition_name, partition_of, processor_state
+from tessera.processor.models import partition_name, partition_of, processor_state
 from tessera.profiles.models import event_profiles
 from tessera.profiles.views import computed_trait_values_of
 from tests.audiences.test_derived_stage import run_main, settle_derived
 from tests.audiences.test_rebuild_audiences import messages
 from tests.audiences.test_stage import T0, Clock, define, derived, make_pipeline, order, settle
+from tests.examples import examples
 from tests.identity.helpers import ingest, profile_id
 
 
@@ -114,7 +115,9 @@ def assert_stage_is_the_lowest_partition(engine: Engine) -> None:
     seed=st.integers(0, 2**16),
 )
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_partitions_in_any_order_and_any_layout_equal_a_rebuild(
     engine: Engine,

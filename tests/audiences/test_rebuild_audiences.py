@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from tessera.processor import reset_derived_state
 from tests.audiences.test_stage import T0, Clock, define, derived, make_pipeline, settle
+from tests.examples import examples
 from tests.identity.helpers import ingest
 
 # Few identifiers, often alone: profiles build up state apart, then merge.
@@ -57,7 +58,9 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     define_at=st.integers(0, 5),
 )
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_incremental_equals_rebuilt(
     engine: Engine, bursts: list[tuple[list[dict[str, Any]], int]], define_at: int

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from tessera.processor import reset_derived_state
+from tests.examples import examples
 from tests.identity.helpers import ingest, pipeline, process, snapshot
 
 users = st.sampled_from(["u1", "u2", "u3", None])
@@ -55,7 +56,9 @@ def _clear(engine: Engine) -> None:
     step=st.integers(1, 4),
 )
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_incremental_equals_rebuilt(
     engine: Engine, batches: list[list[dict[str, Any]]], step: int

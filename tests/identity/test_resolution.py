@@ -317,11 +317,11 @@ def test_failure_between_stages_applies_nothing_and_loses_nothing(
         original_apply = Pipeline._apply
         seen = {"n": 0}
 
-        def apply(self, item, graph_state, profile_state):  # type: ignore[no-untyped-def]
+        def apply(self, item, *state):  # type: ignore[no-untyped-def]
             seen["n"] += 1
             if seen["n"] == 3:
                 fail()
-            return original_apply(self, item, graph_state, profile_state)
+            return original_apply(self, item, *state)
 
         monkeypatch.setattr(Pipeline, "_apply", apply)
     elif where == "between identity and profiles":

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tessera.processor import _lock_position, lag, reset_derived_state
+from tessera.processor import lag, reset_derived_state
+from tessera.processor.claims import lock_position
 from tests.identity.helpers import ingest, process, snapshot
 
 
@@ -91,12 +92,12 @@ def test_two_processes_creating_a_position_row_at_once_both_get_it(engine: Engin
     reported by `record_failure` beside a starting worker went uncounted)."""
     errors: list[BaseException] = []
     with engine.begin() as first:
-        _lock_position(first, "race")
+        lock_position(first, "race")
 
         def second() -> None:
             try:
                 with engine.begin() as conn:
-                    _lock_position(conn, "race")
+                    lock_position(conn, "race")
             except BaseException as exc:  # reported below
                 errors.append(exc)
 

@@ -33,6 +33,7 @@ from tessera.profiles.computed import (
     parse_computed_trait,
 )
 from tessera.profiles.computed_state import MAX_ENTRIES, MAX_VALUES
+from tests.examples import examples
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -409,7 +410,9 @@ def moments_to_check(scenario: Scenario) -> list[datetime]:
     return sorted(found)
 
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # -- incremental equals brute force ----------------------------------------------------------

@@ -12,6 +12,7 @@ from tessera.store.types import UtcDateTime
 # audiences.
 MAIN = "main"
 DERIVED = "derived"
+STAGES = (MAIN, DERIVED)
 
 processor_state = sa.Table(
     "processor_state",
