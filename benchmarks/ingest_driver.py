@@ -110,6 +110,10 @@ class PhaseSpec:
     server_pid: int
     rate: float = 0.0  # > 0: open loop, requests started at this rate whatever the replies
     drain_timeout: float = 30.0
+    # "counter": messageId id_prefix + n; "uuid": random UUIDs, as the Segment SDKs send;
+    # "none": no messageId, so the server generates one per event.
+    message_ids: str = "counter"
+    timestamps: bool = True  # False: no `timestamp` per event, no `sentAt` (as curl sends)
 
 
 class _Load:
@@ -119,6 +123,7 @@ class _Load:
         self.spec = spec
         self.templates = event_templates()
         self.n_templates = len(self.templates)
+        self.closed = [template[:-1] + b"}" for template in self.templates]
         self.counter = 0
         auth = base64.b64encode(f"{spec.write_key}:".encode()).decode()
         path = "/v1/batch" if spec.kind == "batch" else "/v1/track"
@@ -150,19 +155,32 @@ class _Load:
         self.t0 = 0.0
 
     def next_request(self) -> bytes:
-        """Pre-rendered template bytes plus a fresh messageId and timestamp per event."""
-        now = iso_now()
-        tail = b'","timestamp":"' + now + b'"}'
-        prefix = self.spec.id_prefix.encode()
+        """Pre-rendered template bytes plus a fresh messageId and timestamp per event (as
+        `message_ids` and `timestamps` say)."""
+        spec = self.spec
+        now = iso_now() if spec.timestamps else b""
+        stamp = b'"timestamp":"' + now + b'"' if spec.timestamps else b""
         templates, n, start = self.templates, self.n_templates, self.counter
         count = self.events_per_request
         self.counter = start + count
-        events = [
-            templates[i % n] + b'"messageId":"' + prefix + str(i).encode() + tail
-            for i in range(start, start + count)
-        ]
-        if self.spec.kind == "batch":
-            body = b'{"batch":[' + b",".join(events) + b'],"sentAt":"' + now + b'"}'
+        if spec.message_ids == "none":
+            if stamp:
+                events = [templates[i % n] + stamp + b"}" for i in range(start, start + count)]
+            else:
+                events = [self.closed[i % n] for i in range(start, start + count)]
+        else:
+            tail = b'",' + stamp + b"}" if stamp else b'"}'
+            if spec.message_ids == "uuid":
+                ids = [str(uuid.uuid4()).encode() for _ in range(count)]
+            else:
+                prefix = spec.id_prefix.encode()
+                ids = [prefix + str(i).encode() for i in range(start, start + count)]
+            events = [
+                templates[(start + k) % n] + b'"messageId":"' + ids[k] + tail for k in range(count)
+            ]
+        if spec.kind == "batch":
+            sent_at = b',"sentAt":"' + now + b'"' if spec.timestamps else b""
+            body = b'{"batch":[' + b",".join(events) + b"]" + sent_at + b"}"
         else:
             body = events[0]
         if not self.event_bytes:
