@@ -21,7 +21,7 @@ import binascii
 import contextlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,51 +118,53 @@ class Keyring:
         )
 
 
-def seal(value: Any, keyring: Keyring, *, given: bool) -> Any:
-    """`value` with every string in it encrypted (a dict's values, a list's items), for a
-    secret field of a config. A value read from the store (`given=False`) that is
-    encrypted already stays as it is; a value someone just gave is always encrypted, even
-    one that happens to start with the prefix."""
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """`value` with `change` applied to every string in it (a dict's values, a list's
+    items): a secret field may be a string, or a list or dict of them."""
     if isinstance(value, str):
-        return value if not given and is_encrypted(value) else keyring.encrypt(value)
+        return change(value)
     if isinstance(value, dict):
-        return {name: seal(item, keyring, given=given) for name, item in value.items()}
+        return {name: _map_strings(item, change) for name, item in value.items()}
     if isinstance(value, list):
-        return [seal(item, keyring, given=given) for item in value]
+        return [_map_strings(item, change) for item in value]
     return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def seal(value: Any, keyring: Keyring, *, given: bool) -> Any:
+    """`value` with every string in it encrypted, for a secret field of a config. A value
+    read from the store (`given=False`) that is encrypted already stays as it is; a value
+    someone just gave is always encrypted, even one that happens to start with the prefix."""
+
+    def encrypt(text: str) -> str:
+        return text if not given and is_encrypted(text) else keyring.encrypt(text)
+
+    return _map_strings(value, encrypt)
 
 
 def unseal(value: Any, keyring: Keyring, *, what: str) -> Any:
     """The inverse of `seal`; legacy plain text comes back as it is."""
-    if isinstance(value, str):
-        return keyring.decrypt(value, what=what)
-    if isinstance(value, dict):
-        return {name: unseal(item, keyring, what=what) for name, item in value.items()}
-    if isinstance(value, list):
-        return [unseal(item, keyring, what=what) for item in value]
-    return value
+    return _map_strings(value, lambda text: keyring.decrypt(text, what=what))
 
 
 def reseal(value: Any, keyring: Keyring, *, what: str) -> Any:
     """`value` with every string in it encrypted under the newest key (rotation)."""
-    if isinstance(value, str):
-        return keyring.rotate(value, what=what)
-    if isinstance(value, dict):
-        return {name: reseal(item, keyring, what=what) for name, item in value.items()}
-    if isinstance(value, list):
-        return [reseal(item, keyring, what=what) for item in value]
-    return value
+    return _map_strings(value, lambda text: keyring.rotate(text, what=what))
 
 
 def has_plain_text(value: Any) -> bool:
     """Whether `value` (a secret field's) holds a string not yet encrypted."""
-    if isinstance(value, str):
-        return not is_encrypted(value)
-    if isinstance(value, dict):
-        return any(has_plain_text(item) for item in value.values())
-    if isinstance(value, list):
-        return any(has_plain_text(item) for item in value)
-    return False
+    return any(not is_encrypted(text) for text in _strings(value))
 
 
 # -- where the key comes from ----------------------------------------------------------

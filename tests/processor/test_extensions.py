@@ -232,11 +232,9 @@ class Counting:
 
     def __init__(self) -> None:
         self.runs = 0
-        self.seen: list[datetime] = []
 
     def run(self, engine: Engine, *, now: datetime) -> int:
         self.runs += 1
-        self.seen.append(now)
         return 0
 
 
