@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tessera import __version__
+from tessera import __version__, web
 from tessera.activation import api as destinations_api
 from tessera.activation import exports_api
 from tessera.activation import pull as activation_pull
@@ -121,6 +121,9 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
         version=__version__,
         description="Customer data platform with a built-in CRM.",
         lifespan=lifespan,
+        # /docs is a page of the web UI (self-hosted Swagger UI); ReDoc is not served.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -148,6 +151,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.include_router(audiences_api.audiences_router)
     app.include_router(exports_api.router)
     app.include_router(destinations_api.router)
+    web.install(app)
     # The profile API lists memberships without importing a later stage.
     app.state.profile_audiences = audience_service.profile_audiences
     tracking = ingest_api.TrackingAPI(

@@ -20,28 +20,45 @@ def _json(status: int, body: dict[str, object], headers: dict[str, str] | None =
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+def _respond(
+    request: Request, status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> Response:
+    """JSON, or, for a browser asking for a page, the web UI's error page (`web.install`
+    sets the hooks; the API does not import the UI)."""
+    state = request.app.state
+    if getattr(state, "wants_page", None) is not None and state.wants_page(request):
+        page: Response = state.page_error(request, status, str(body.get("message", "")))
+        return page
+    return _json(status, body, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
-    return _json(exc.status_code, exc.to_dict(), exc.headers)
+    return _respond(request, exc.status_code, exc.to_dict(), exc.headers)
 
 
-async def _starlette_error(_request: Request, exc: Exception) -> Response:
+async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _json(
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"nothing is at {request.url.path}"
+    return _respond(
+        request,
         exc.status_code,
-        {"success": False, "code": code, "message": str(exc.detail)},
+        {"success": False, "code": code, "message": message},
         dict(exc.headers or {}),
     )
 
 
-async def _validation_error(_request: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = [
         {"location": list(error.get("loc", ())), "reason": error.get("msg", "")}
         for error in exc.errors()
     ]
-    return _json(
+    return _respond(
+        request,
         422,
         {
             "success": False,
@@ -54,7 +71,9 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     event(log, logging.ERROR, "http.unhandled_error", path=request.url.path, error=repr(exc)[:300])
-    return _json(500, {"success": False, "code": "internal_error", "message": "internal error"})
+    return _respond(
+        request, 500, {"success": False, "code": "internal_error", "message": "internal error"}
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

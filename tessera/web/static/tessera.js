@@ -1,0 +1,103 @@
+// Tessera's page behaviour, shared by every page. Markup asks for behaviour with data-
+// attributes; nothing is inline (the CSP allows scripts from this origin only).
+"use strict";
+
+(function () {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+  // htmx requests carry the session's CSRF token, as forms do in a hidden field.
+  document.addEventListener("htmx:configRequest", (event) => {
+    event.detail.headers["X-CSRF-Token"] = csrf();
+  });
+
+  // Times arrive as ISO 8601 in UTC; show them in the person's own time zone, keep the
+  // exact time on hover.
+  const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach((node) => {
+      const moment = new Date(node.getAttribute("datetime"));
+      if (Number.isNaN(moment.getTime())) return;
+      const seconds = Math.round((moment.getTime() - Date.now()) / 1000);
+      if (node.hasAttribute("data-relative") && Math.abs(seconds) < 86400) {
+        const [value, unit] = Math.abs(seconds) < 60 ? [seconds, "second"]
+          : Math.abs(seconds) < 3600 ? [Math.round(seconds / 60), "minute"]
+          : [Math.round(seconds / 3600), "hour"];
+        node.textContent = relative.format(value, unit);
+      } else {
+        node.textContent = timeFormat.format(moment);
+      }
+      node.title = node.getAttribute("datetime");
+    });
+  }
+
+  // Charts: <canvas data-chart='{"type", "labels", "datasets"}'>.
+  const palette = ["#5443e8", "#16a37f", "#e8833a", "#d6336c", "#1c7ed6", "#8a5a00", "#7048e8", "#2b8a3e"];
+  function charts(root) {
+    if (!window.Chart) return;
+    root.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
+      if (canvas.dataset.drawn) return;
+      canvas.dataset.drawn = "1";
+      const spec = JSON.parse(canvas.dataset.chart);
+      const datasets = spec.datasets.map((set, index) => {
+        const colour = set.color || palette[index % palette.length];
+        return {
+          borderColor: colour,
+          backgroundColor: spec.type === "line" ? colour + "22" : colour,
+          borderWidth: 2,
+          pointRadius: 0,
+          tension: 0.25,
+          fill: spec.type === "line" && spec.datasets.length === 1,
+          ...set,
+        };
+      });
+      new window.Chart(canvas, {
+        type: spec.type,
+        data: { labels: spec.labels, datasets },
+        options: {
+          responsive: true,
+          maintainAspectRatio: false,
+          animation: false,
+          interaction: { mode: "index", intersect: false },
+          plugins: { legend: { display: datasets.length > 1, position: "bottom", labels: { boxWidth: 10 } } },
+          scales: spec.type === "doughnut" ? {} : {
+            x: { grid: { display: false }, ticks: { maxTicksLimit: 8, color: "#5f6680" } },
+            y: { beginAtZero: true, grid: { color: "#eceef5" }, ticks: { maxTicksLimit: 5, color: "#5f6680", precision: 0 } },
+          },
+        },
+      });
+    });
+  }
+
+  function enhance(root) {
+    localTimes(root);
+    charts(root);
+  }
+
+  document.addEventListener("click", (event) => {
+    const target = event.target.closest("[data-dialog-open],[data-dialog-close],[data-copy],[data-nav-toggle]");
+    if (!target) return;
+    if (target.dataset.dialogOpen) document.getElementById(target.dataset.dialogOpen)?.showModal();
+    if (target.dataset.dialogClose) document.getElementById(target.dataset.dialogClose)?.close();
+    if (target.dataset.copy) {
+      const text = document.getElementById(target.dataset.copy)?.innerText || "";
+      navigator.clipboard?.writeText(text).then(() => {
+        const label = target.querySelector("span");
+        if (label) { label.textContent = "Copied"; setTimeout(() => { label.textContent = "Copy"; }, 1500); }
+      });
+    }
+    if (target.hasAttribute("data-nav-toggle")) {
+      const open = document.getElementById("sidebar").classList.toggle("open");
+      target.setAttribute("aria-expanded", String(open));
+    }
+  });
+
+  // A form marked data-autosubmit submits when one of its fields changes (list filters).
+  document.addEventListener("change", (event) => {
+    const form = event.target.closest("form[data-autosubmit]");
+    if (form) form.requestSubmit();
+  });
+
+  document.addEventListener("DOMContentLoaded", () => enhance(document));
+  document.addEventListener("htmx:afterSettle", (event) => enhance(event.target));
+})();
