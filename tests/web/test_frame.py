@@ -161,3 +161,9 @@ def test_html_errors_never_leak_a_stack_trace(live: LiveTessera) -> None:
         assert response.status_code in (403, 404, 422)
         assert "Traceback" not in response.text
         assert httpx.codes.is_client_error(response.status_code)
+
+
+def test_responses_say_how_long_the_server_took(live: LiveTessera) -> None:
+    with browser(live.url) as client:
+        timing = client.get("/").headers["server-timing"]
+        assert re.fullmatch(r"app;dur=\d+\.\d", timing)
