@@ -116,7 +116,12 @@ def test_the_page_shows_who_traits_identities_merges_and_timeline(
     html = page.text
     assert "<h1>Ann Lee</h1>" in html or "<h1>Bob Stone</h1>" in html
     # Traits, each with where its value came from.
-    assert "Where Plan came from" in html and "gold" in html
+    [plan] = [
+        trait
+        for trait in html.split('<details class="trait">')[1:]
+        if '<span class="trait-name">Plan</span>' in trait
+    ]
+    assert "gold" in plan and f"From {live.source.name}, Identify" in plan
     assert "the-bad-link" in html  # the event behind the email trait, and the merge's
     # Identities: the graph with its text alternative, and the list.
     assert 'role="img"' in html and "kiosk" in html and "bob-phone" in html

@@ -171,12 +171,27 @@ def _title(item: dict[str, Any]) -> str:
     if kind in ("page", "screen"):
         name = item.get("name")
         return f"Viewed {name}" if name else f"Viewed a {kind}"
-    return {"identify": "Identified", "group": "Joined an account", "alias": "Linked an id"}.get(
-        kind, label(kind)
-    )
+    if kind == "group":
+        account = (item.get("traits") or {}).get("name")
+        return f"Joined {account}" if isinstance(account, str) and account else "Joined an account"
+    return {"identify": "Identified", "alias": "Linked an id"}.get(kind, label(kind))
+
+
+def _consent(item: dict[str, Any]) -> str:
+    """ "Consent: email granted · advertising refused", from the event's context."""
+    consent = (item.get("context") or {}).get("consent")
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    if not isinstance(preferences, dict) or not preferences:
+        return ""
+    said = [f"{name} {'granted' if value else 'refused'}" for name, value in preferences.items()]
+    return "Consent: " + " · ".join(said)
 
 
 def _summary(item: dict[str, Any]) -> str:
+    return _described(item) or _consent(item)
+
+
+def _described(item: dict[str, Any]) -> str:
     kind = item["type"]
     if kind == "identify":
         names = [label(name) for name in (item.get("traits") or {})]
@@ -190,7 +205,13 @@ def _summary(item: dict[str, Any]) -> str:
         return f"Set {listed}" + (f" and {more} more" if more > 0 else "")
     if kind == "group":
         return _pairs(item.get("traits"))
-    return _pairs(item.get("properties"))
+    properties = item.get("properties") or {}
+    if kind in ("page", "screen") and isinstance(properties, dict):
+        # Where they were, not the full URL, referrer and query the payload holds anyway.
+        shown = [properties[key] for key in ("path", "title") if properties.get(key)]
+        if shown:
+            return " · ".join(_clip(text(value)) for value in shown)
+    return _pairs(properties)
 
 
 def event(item: dict[str, Any]) -> dict[str, Any]:
