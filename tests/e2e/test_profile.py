@@ -35,7 +35,7 @@ READER = [
 ]
 
 
-def track(web: LiveTessera, messages: list[dict[str, Any]]) -> None:
+def track(web: LiveTessera, messages: list[Any]) -> None:
     response = httpx.post(
         f"{web.url}/v1/batch", json={"batch": messages}, auth=(web.write_key, ""), timeout=30
     )
