@@ -273,5 +273,5 @@ def test_unmerge_from_the_form_is_audited_and_needs_the_csrf_token(
         f"/people/{profile_id}/unmerge",
         data={"merge_id": merge_id.group(1), "csrf_token": csrf(result.text)},
     )
-    assert again.status_code == 404  # that merge is gone; the page says so in words
-    assert "has no merge" in again.text
+    assert again.status_code == 303  # that merge is gone; the page says so in words
+    assert "no longer part of this profile" in admin.get(again.headers["location"]).text

@@ -209,14 +209,23 @@ def unmerge(
     """Undo a wrong merge with the API's audited unmerge, then show both profiles."""
     pipeline: Pipeline = request.app.state.pipeline
     profile_id = _resolve(conn, request, ref, user)
-    done = service.unmerge_profile(
-        conn,
-        pipeline,
-        profile_id=profile_id,
-        merge_id=merge_id,
-        actor=user.principal.actor,
-        ip=client_ip(request),
-    )
+    try:
+        done = service.unmerge_profile(
+            conn,
+            pipeline,
+            profile_id=profile_id,
+            merge_id=merge_id,
+            actor=user.principal.actor,
+            ip=client_ip(request),
+        )
+    except NotFound:
+        # Someone undid it first, or the page was stale: say so on the page itself.
+        return redirect(
+            f"/people/{profile_id}",
+            flash="That merge is no longer part of this profile; it may have been undone "
+            "already. The merge history below is up to date.",
+            kind="error",
+        )
     replayed = done["events_replayed"]
     return redirect(
         f"/people/{profile_id}?{urlencode({'unmerged': done['restored_id']})}",
