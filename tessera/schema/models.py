@@ -47,8 +47,8 @@ schema_fields = sa.Table(
     # string, datetime (a string the audience language reads as a date), integer, number,
     # boolean, array, object (nested deeper than the limit, or empty), null.
     sa.Column("json_type", JSON_TYPE, primary_key=True),
+    # Events that had it (context: of those sampled, `stage.CONTEXT_SAMPLE`).
     sa.Column("count", sa.BigInteger, nullable=False),
-    sa.Column("last_seen", UtcDateTime, nullable=False),
 )
 
 schema_event_minutes = sa.Table(

@@ -92,26 +92,20 @@ def list_event_types(
 
 
 def _grouped(conn: Connection, scope: str, name: str = "", kind: str = "") -> list[dict[str, Any]]:
-    """The scope's paths, each with its types (most seen first), count and last time."""
+    """The scope's paths, each with its count and types (most seen first)."""
     table = schema_fields
     query = (
-        sa.select(table.c.path, table.c.json_type, table.c["count"], table.c.last_seen)
+        sa.select(table.c.path, table.c.json_type, table.c["count"])
         .where(table.c.scope == scope, table.c.event_name == name, table.c.event_type == kind)
         .order_by(table.c.path, table.c.json_type)
     )
     found: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(query):
-        entry = found.get(row.path)
+    for path, json_type, count in conn.execute(query):
+        entry = found.get(path)
         if entry is None:
-            entry = found[row.path] = {
-                "path": row.path,
-                "count": 0,
-                "last_seen": row.last_seen,
-                "types": [],
-            }
-        entry["count"] += int(row._mapping["count"])
-        entry["last_seen"] = max(entry["last_seen"], row.last_seen)
-        entry["types"].append({"type": row.json_type, "count": int(row._mapping["count"])})
+            entry = found[path] = {"path": path, "count": 0, "types": []}
+        entry["count"] += int(count)
+        entry["types"].append({"type": json_type, "count": int(count)})
     for entry in found.values():
         entry["types"].sort(key=lambda item: (-item["count"], item["type"]))
     return list(found.values())
@@ -154,7 +148,8 @@ def list_traits(conn: Connection) -> list[dict[str, Any]]:
 
 def list_context_fields(conn: Connection) -> list[dict[str, Any]]:
     """The context fields people filter on (`context.campaign.source`, ...), across all
-    events, with their observed types; paths are below `context`."""
+    events, with their observed types; paths are below `context`, counts are of the
+    events sampled (`stage.CONTEXT_SAMPLE`)."""
     return _grouped(conn, CONTEXT)
 
 

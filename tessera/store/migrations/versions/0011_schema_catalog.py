@@ -43,7 +43,6 @@ def upgrade() -> None:
         sa.Column("path", sa.String(length=255), nullable=False),
         sa.Column("json_type", sa.String(length=16), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.Column("last_seen", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint(
             "scope", "event_name", "event_type", "path", "json_type", name=op.f("pk_schema_fields")
         ),
