@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,6 +20,8 @@ from tessera.errors import BadRequest, NotFound
 from tessera.identity.models import profile_merges
 from tessera.ingest.models import sources
 from tessera.schema.models import (
+    minute_of,
+    minute_start,
     schema_dropped,
     schema_event_minutes,
     schema_event_types,
@@ -30,7 +32,6 @@ from tessera.schema.recount import PROFILES
 from tessera.schema.stage import CONTEXT, EVENT, TRAIT
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-MINUTE = timedelta(minutes=1)
 # The longest series one call returns: a week of minutes (the default retention).
 MAX_MINUTES = 7 * 24 * 60
 
@@ -162,12 +163,12 @@ def dropped_counts(conn: Connection) -> dict[str, int]:
     }
 
 
-def _minute(moment: datetime, what: str) -> datetime:
+def _minute(moment: datetime, what: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
-        return moment.astimezone(UTC).replace(second=0, microsecond=0)
-    except OverflowError:
+        return minute_of(moment)
+    except (OverflowError, ValueError, OSError):
         raise BadRequest(f"{what} {moment.isoformat()} is out of range") from None
 
 
@@ -184,8 +185,11 @@ def events_per_minute(
     start = _minute(since, "since")
     end = _minute(until or datetime.now(UTC), "until")
     if end < start:
-        raise BadRequest(f"since ({start.isoformat()}) is after until ({end.isoformat()})")
-    size = int((end - start) / MINUTE) + 1
+        raise BadRequest(
+            f"since ({minute_start(start).isoformat()}) is after until "
+            f"({minute_start(end).isoformat()})"
+        )
+    size = end - start + 1
     if size > MAX_MINUTES:
         raise BadRequest(f"a series is at most {MAX_MINUTES} minutes (7 days), not {size}")
     names_query = sa.select(sources.c.id, sources.c.name).order_by(sources.c.id)
@@ -201,13 +205,14 @@ def events_per_minute(
         raise NotFound(f"there is no source {source_id}")
     series: dict[int, list[int]] = {sid: [0] * size for sid in names}
     for minute, sid, count in conn.execute(query):
-        if sid not in series:  # a source deleted since
+        counts = series.get(sid)
+        if counts is None:  # a source deleted since
             names[sid] = None
-            series[sid] = [0] * size
-        series[sid][int((minute - start) / MINUTE)] = int(count)
+            counts = series[sid] = [0] * size
+        counts[minute - start] = count
     return {
-        "start": start,
-        "end": end,
+        "start": minute_start(start),
+        "end": minute_start(end),
         "step_seconds": 60,
         "sources": [
             {"source_id": sid, "name": names[sid], "total": sum(counts), "counts": counts}

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from tessera.processor.events import traits_set_by
 from tessera.processor.extensions import AppliedBatch
 from tessera.schema.models import (
+    minute_of,
     schema_dropped,
     schema_event_minutes,
     schema_event_types,
@@ -65,13 +66,13 @@ def sampled(seq: int, every: int) -> bool:
 class Tally:
     """One batch's counts, keyed as the tables are."""
 
-    def __init__(self, *, oldest_minute: datetime, context_sample: int = CONTEXT_SAMPLE) -> None:
-        self.oldest_minute = oldest_minute
+    def __init__(self, *, oldest_minute: int, context_sample: int = CONTEXT_SAMPLE) -> None:
+        self.oldest_minute = oldest_minute  # `minute_of`; older minutes are not counted
         self.context_sample = context_sample
         # (name, type) -> [count, first, last, dropped paths, its group]
         self.events: dict[EventKey, list[Any]] = {}
         self.fields: dict[Group, Counter[Pair]] = {}
-        self.minutes: Counter[tuple[datetime, int]] = Counter()
+        self.minutes: Counter[tuple[int, int]] = Counter()
         self.dropped: Counter[str] = Counter()
         self._last_at: datetime | None = None
         self._last_minute = oldest_minute
@@ -98,7 +99,7 @@ class Tally:
             if at > entry[2]:  # noqa: PLR1730
                 entry[2] = at
         if at != self._last_at:  # a request's events share their arrival time
-            self._last_at, self._last_minute = at, at.replace(second=0, microsecond=0)
+            self._last_at, self._last_minute = at, minute_of(at)
         if self._last_minute >= self.oldest_minute:
             self.minutes[(self._last_minute, source_id)] += 1
         member = PROPERTIES_OF.get(kind) or TRAITS_OF.get(kind)
@@ -304,7 +305,7 @@ class SchemaStage:
         if batch.replay:
             return  # an unmerge: these events are counted already
         now = batch.now or datetime.now(UTC)
-        oldest = (now - self.minutes_retention).replace(second=0, microsecond=0)
+        oldest = minute_of(now - self.minutes_retention)
         tally = Tally(oldest_minute=oldest, context_sample=self.context_sample)
         for item in batch.events:
             tally.add(

@@ -49,7 +49,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "schema_event_minutes",
-        sa.Column("minute", UtcDateTime(), nullable=False),
+        sa.Column("minute", sa.Integer(), nullable=False),
         sa.Column("source_id", sa.Integer(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("minute", "source_id", name=op.f("pk_schema_event_minutes")),
