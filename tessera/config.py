@@ -349,7 +349,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None,
         description=(
-            "The key that stored secrets (destinations' signing secrets and credentials; write keys are hashed, not stored) are "
+            "The key that stored secrets (destinations' signing secrets and credentials; "
+            "write keys are hashed, not stored) are "
             "encrypted with: 32 url-safe base64-encoded bytes, as `tessera secrets "
             "generate-key` prints. Several, comma-separated and newest first, during a key "
             "rotation: the first encrypts, any decrypts (`tessera secrets rotate`). Required "
