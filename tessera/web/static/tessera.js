@@ -39,6 +39,11 @@
       if (canvas.dataset.drawn) return;
       canvas.dataset.drawn = "1";
       const spec = JSON.parse(canvas.dataset.chart);
+      if (spec.timeLabels) {
+        // ISO times in UTC on the axis, shown as the reader's local time of day.
+        const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+        spec.labels = spec.labels.map((label) => clock.format(new Date(label)));
+      }
       const datasets = spec.datasets.map((set, index) => {
         const colour = set.color || palette[index % palette.length];
         return {
@@ -69,9 +74,25 @@
     });
   }
 
+  function sparklines(root) {
+    if (!window.Chart) return;
+    root.querySelectorAll("canvas[data-sparkline]").forEach((canvas) => {
+      if (canvas.dataset.drawn) return;
+      canvas.dataset.drawn = "1";
+      const values = JSON.parse(canvas.dataset.sparkline);
+      new window.Chart(canvas, {
+        type: "line",
+        data: { labels: values.map((_, i) => i), datasets: [{ data: values, borderColor: palette[0], borderWidth: 1.5, pointRadius: 0, tension: 0.3 }] },
+        options: { responsive: false, animation: false, events: [], plugins: { legend: { display: false }, tooltip: { enabled: false } },
+                   scales: { x: { display: false }, y: { display: false } } },
+      });
+    });
+  }
+
   function enhance(root) {
     localTimes(root);
     charts(root);
+    sparklines(root);
   }
 
   document.addEventListener("click", (event) => {
