@@ -91,7 +91,9 @@ def audience_overview(conn: Connection, *, now: datetime) -> list[dict[str, Any]
     needs = _dependencies(rows, trait_rows)
     sizes = sizes_of(conn)
     head = log_head(conn)
-    recent = recent_snapshots(conn, since=now - timedelta(days=TREND_DAYS))
+    recent = recent_snapshots(
+        conn, audience_ids=[row.id for row in rows], since=now - timedelta(days=TREND_DAYS)
+    )
     out = []
     for row in rows:
         phase, progress = _phase(row, needs.get(row.id), traits, statuses, head)

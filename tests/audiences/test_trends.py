@@ -16,7 +16,13 @@ from tessera.audiences import service
 from tessera.audiences.catalog import load_catalog
 from tessera.audiences.overview import audience_overview, computed_trait_overview
 from tessera.audiences.stage import backfill_step, build_step
-from tessera.audiences.trends import SizeSnapshots, daily_changes, size_trend, take_snapshots
+from tessera.audiences.trends import (
+    KEEP_DAYS,
+    SizeSnapshots,
+    daily_changes,
+    size_trend,
+    take_snapshots,
+)
 from tessera.processor import wait_until_caught_up
 from tessera.store import upgrade
 from tessera.store.migrate import alembic_config
@@ -80,6 +86,20 @@ def test_snapshots_are_taken_once_per_audience_and_hour(engine: Engine) -> None:
         service.delete_audience(conn, audience_id=late["id"])
         left = conn.execute(sa.text("SELECT DISTINCT audience_id FROM audience_size_snapshots"))
         assert late["id"] not in {row[0] for row in left}
+
+
+def test_snapshots_older_than_the_trend_reads_are_deleted(engine: Engine) -> None:
+    ids = define(engine)
+    settle(engine, make_pipeline(Clock(T0)))
+    with engine.begin() as conn:
+        for at in (T0, T0 + timedelta(days=KEEP_DAYS), T0 + timedelta(days=KEEP_DAYS, hours=1)):
+            take_snapshots(conn, now=at)
+    with engine.connect() as conn:
+        kept = size_trend(conn, audience_id=ids["repeat"], since=T0 - timedelta(days=1))
+    assert [point["at"] for point in kept] == [
+        T0 + timedelta(days=KEEP_DAYS),
+        T0 + timedelta(days=KEEP_DAYS, hours=1),
+    ]
 
 
 def test_entries_and_exits_per_day_fill_every_day(engine: Engine) -> None:
@@ -174,6 +194,13 @@ def test_an_upgraded_store_knows_its_sizes(engine: Engine) -> None:
     ids = define(engine)
     ingest(engine, [order(user, 10, T0 - timedelta(days=n)) for user in "ab" for n in (1, 2)])
     settle(engine, pipe)
+
+    def days() -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            return daily_changes(conn, audience_id=ids["repeat"], days=3, now=T0)
+
+    before = days()
+    assert before[-1] == {"day": T0.date(), "entered": 2, "exited": 0}
     config = alembic_config()
     with engine.connect() as conn:
         config.attributes["connection"] = conn
@@ -184,6 +211,7 @@ def test_an_upgraded_store_knows_its_sizes(engine: Engine) -> None:
         audiences = {item["id"]: item for item in service.list_audiences(conn)}
     assert audiences[ids["repeat"]]["size"] == 2
     assert audiences[ids["repeat"]]["build"]["profiles"] == 2
+    assert days() == before  # counted from the change stream
 
 
 # ---------------------------------------------------------------------------------------------
