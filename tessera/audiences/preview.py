@@ -55,6 +55,13 @@ WINDOW_PROFILES = 250
 EVENT_WINDOW_PROFILES = 50
 _LOWEST, _HIGHEST = "", "\x7f"  # below and above every profile id
 TOTAL_SECONDS = 30.0
+GRACE_SECONDS = 0.3  # how long the last window may run past the budget
+
+
+class _OutOfTime(Exception):
+    """A window ran past the deadline; its profiles are left out."""
+
+
 _totals: weakref.WeakKeyDictionary[Engine, tuple[float, int]] = weakref.WeakKeyDictionary()
 
 
@@ -105,9 +112,19 @@ def preview_audience(
         window_profiles = EVENT_WINDOW_PROFILES if on_the_fly else WINDOW_PROFILES
     windows = key_windows(max(1, math.ceil(total / max(1, window_profiles))))
     tally = _Tally(sample_size)
+    # A window still reading past this is left out (unless none has found a profile yet):
+    # reading a profile's events can take milliseconds when they are not in the cache.
+    deadline = started + budget_seconds + GRACE_SECONDS
     for index in visiting_order(len(windows)):
         low, high = windows[index]
-        tally.windows.append(_evaluate_window(conn, draft, low=low, high=high, tally=tally))
+        try:
+            found = _evaluate_window(
+                conn, draft, low=low, high=high, tally=tally,
+                deadline=deadline if tally.evaluated else None,
+            )  # fmt: skip
+        except _OutOfTime:
+            break
+        tally.windows.append(found)
         if time.perf_counter() - started > budget_seconds:
             break
     exact = len(tally.windows) == len(windows)
@@ -188,9 +205,16 @@ def visiting_order(count: int) -> list[int]:
 
 
 def _evaluate_window(
-    conn: Connection, draft: _Draft, *, low: str, high: str, tally: _Tally
+    conn: Connection,
+    draft: _Draft,
+    *,
+    low: str,
+    high: str,
+    tally: _Tally,
+    deadline: float | None = None,
 ) -> tuple[int, int]:
-    """Evaluate the surviving profiles with `low < id <= high`: (profiles, members)."""
+    """Evaluate the surviving profiles with `low < id <= high`: (profiles, members).
+    Raises _OutOfTime past `deadline` (time.perf_counter), before touching `tally`."""
     ids = [
         row.id
         for row in conn.execute(
@@ -205,7 +229,9 @@ def _evaluate_window(
     state = DerivedState(draft.catalog, draft.now)
     state.load_range(conn, low, high, DRAFT, own=False)
     if draft.on_the_fly:
-        _compute_from_events(conn, state, draft.on_the_fly, low, high)
+        _compute_from_events(conn, state, draft.on_the_fly, low=low, high=high, deadline=deadline)
+    if deadline is not None and time.perf_counter() > deadline:
+        raise _OutOfTime
     members = 0
     for pid in ids:
         facts = ProfileFacts(
@@ -222,7 +248,13 @@ def _evaluate_window(
 
 
 def _compute_from_events(
-    conn: Connection, state: DerivedState, specs: list[ComputedTraitSpec], low: str, high: str
+    conn: Connection,
+    state: DerivedState,
+    specs: list[ComputedTraitSpec],
+    *,
+    low: str,
+    high: str,
+    deadline: float | None,
 ) -> None:
     """Feed the window's events that `specs` may count to their states. The log's `type`
     and `name` columns leave the others out in SQL, and payloads are parsed only for specs
@@ -247,7 +279,9 @@ def _compute_from_events(
         query = query.where(events.c.type.in_(sorted({str(spec.event_type) for spec in specs})))
     if all(spec.event_name is not None for spec in specs):
         query = query.where(events.c.name.in_(sorted({str(spec.event_name) for spec in specs})))
-    for row in conn.execute(query):
+    for count, row in enumerate(conn.execute(query)):
+        if deadline is not None and count % 64 == 0 and time.perf_counter() > deadline:
+            raise _OutOfTime
         if needs_payload:
             payload = orjson.loads(row.payload)
         else:  # what `matches` reads: the type, and the name where the type has one
@@ -273,4 +307,7 @@ def _margin(visited: list[tuple[int, int]], total: int, count: int) -> int | Non
     spread_ = sum((m - ratio * n) ** 2 for n, m in held) / (k - 1)
     mean = evaluated / k
     variance = (1 - len(visited) / count) * spread_ / (k * mean * mean)
-    return round(1.96 * total * math.sqrt(max(0.0, variance)))
+    # Student's t for k - 1 degrees of freedom, roughly (2.09 at 20 windows, 1.97 at 400):
+    # over few windows the spread itself is uncertain.
+    quantile = 1.96 + 2.4 / (k - 1)
+    return round(quantile * total * math.sqrt(max(0.0, variance)))

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from tessera.audiences import service
+from tessera.audiences import preview, service
 from tessera.audiences.preview import key_windows, preview_audience, visiting_order
 from tests.audiences.test_stage import T0, Clock, make_pipeline, members, order, settle
 from tests.identity.helpers import ingest
@@ -93,6 +94,20 @@ def test_past_its_budget_the_preview_estimates_and_says_so(engine: Engine) -> No
         )
     assert wider["exact"] is False
     assert set(wider["sample"]) <= set(exact["sample"])
+
+
+def test_a_window_still_reading_past_the_deadline_is_left_out(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = populate(engine)
+    monkeypatch.setattr(preview, "GRACE_SECONDS", -1e9)  # every deadline has passed
+    with engine.connect() as conn:
+        first = preview_audience(
+            conn, document=DRAFT, now=clock.now, budget_seconds=1e9, window_profiles=10
+        )
+    # The first window with profiles is always evaluated, so there is something to say.
+    assert first["exact"] is False and 0 < first["evaluated_profiles"] < 60
+    assert first["computed_from_events"]  # its events were read; the next window's were not
 
 
 @given(
