@@ -22,6 +22,8 @@ import math
 import random
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -215,21 +217,22 @@ def _evaluate_window(
 ) -> tuple[int, int]:
     """Evaluate the surviving profiles with `low < id <= high`: (profiles, members).
     Raises _OutOfTime past `deadline` (time.perf_counter), before touching `tally`."""
-    ids = [
-        row.id
-        for row in conn.execute(
-            sa.select(profiles.c.id, profiles.c.merged_into)
-            .where(profiles.c.id > low, profiles.c.id <= high)
-            .order_by(profiles.c.id)
-        )
-        if row.merged_into is None
-    ]
-    if not ids:
-        return 0, 0
     state = DerivedState(draft.catalog, draft.now)
-    state.load_range(conn, low, high, DRAFT, own=False)
-    if draft.on_the_fly:
-        _compute_from_events(conn, state, draft.on_the_fly, low=low, high=high, deadline=deadline)
+    with _stopped_at(conn, deadline):
+        ids = [
+            row.id
+            for row in conn.execute(
+                sa.select(profiles.c.id, profiles.c.merged_into)
+                .where(profiles.c.id > low, profiles.c.id <= high)
+                .order_by(profiles.c.id)
+            )
+            if row.merged_into is None
+        ]
+        if not ids:
+            return 0, 0
+        state.load_range(conn, low, high, DRAFT, own=False)
+        if draft.on_the_fly:
+            _compute_from_events(conn, state, draft.on_the_fly, low=low, high=high)
     if deadline is not None and time.perf_counter() > deadline:
         raise _OutOfTime
     members = 0
@@ -247,6 +250,45 @@ def _evaluate_window(
     return len(ids), members
 
 
+@contextmanager
+def _stopped_at(conn: Connection, deadline: float | None) -> Iterator[None]:
+    """Stop the queries inside when `deadline` passes (_OutOfTime): a query reading events
+    that are not in the page cache can take seconds, and checking between rows comes too
+    late. SQLite: a progress handler interrupts the statement. PostgreSQL: a statement
+    timeout, in a savepoint so that the cancelled statement leaves the transaction usable."""
+    if deadline is None:
+        yield
+        return
+    if conn.dialect.name == "sqlite":
+        raw: Any = conn.connection.dbapi_connection
+        raw.set_progress_handler(lambda: time.perf_counter() > deadline, 1000)
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            if "interrupted" not in str(exc):
+                raise
+            raise _OutOfTime from exc
+        finally:
+            raw.set_progress_handler(None, 0)
+        return
+    left = max(1, round((deadline - time.perf_counter()) * 1000))
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left}")
+        yield
+    except sa.exc.OperationalError as exc:
+        savepoint.rollback()  # also undoes the SET LOCAL
+        if "statement timeout" not in str(exc):
+            raise
+        raise _OutOfTime from exc
+    except BaseException:
+        savepoint.rollback()
+        raise
+    else:
+        conn.exec_driver_sql("SET LOCAL statement_timeout TO DEFAULT")
+        savepoint.commit()
+
+
 def _compute_from_events(
     conn: Connection,
     state: DerivedState,
@@ -254,7 +296,6 @@ def _compute_from_events(
     *,
     low: str,
     high: str,
-    deadline: float | None,
 ) -> None:
     """Feed the window's events that `specs` may count to their states. The log's `type`
     and `name` columns leave the others out in SQL, and payloads are parsed only for specs
@@ -279,9 +320,7 @@ def _compute_from_events(
         query = query.where(events.c.type.in_(sorted({str(spec.event_type) for spec in specs})))
     if all(spec.event_name is not None for spec in specs):
         query = query.where(events.c.name.in_(sorted({str(spec.event_name) for spec in specs})))
-    for count, row in enumerate(conn.execute(query)):
-        if deadline is not None and count % 64 == 0 and time.perf_counter() > deadline:
-            raise _OutOfTime
+    for row in conn.execute(query):
         if needs_payload:
             payload = orjson.loads(row.payload)
         else:  # what `matches` reads: the type, and the name where the type has one
