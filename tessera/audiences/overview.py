@@ -78,10 +78,12 @@ def _daily_trend(points: list[tuple[datetime, int]]) -> list[dict[str, Any]]:
     return [{"at": hour, "size": members} for hour, members in by_day.values()]
 
 
-def audience_overview(conn: Connection, *, now: datetime) -> list[dict[str, Any]]:
+def audience_overview(conn: Connection, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every audience for the list page, oldest first: size, status, phase and progress,
-    the week's trend (a point a day) and its size a week ago (the oldest snapshot in the
-    week; None before the first), created and updated. Five queries in all."""
+    the week's trend up to `now` (default: the wall clock; a point a day) and its size a
+    week ago (the oldest snapshot in the week; None before the first), created and
+    updated. Five queries in all."""
+    now = now or datetime.now(UTC)
     rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.created_at)))
     if not rows:
         return []

@@ -137,15 +137,15 @@ def recent_snapshots(
 
 
 def daily_changes(
-    conn: Connection, *, audience_id: str, days: int, now: datetime
+    conn: Connection, *, audience_id: str, days: int, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Entries and exits of the audience per UTC day, for the `days` days up to and
-    including `now`'s, oldest first, every day present (0 when nothing happened): at most
-    `days` rows of the kept daily counts (`sizes.count_members`)."""
+    including `now`'s (default: the wall clock's), oldest first, every day present (0 when
+    nothing happened): at most `days` rows of the kept daily counts."""
     if days < 1:
         raise ValueError(f"days is at least 1, not {days}")
     _check_audience(conn, audience_id)
-    today = now.astimezone(UTC).date()
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
     first = today - timedelta(days=days - 1)
     counts = {
         row.day: (int(row.entered), int(row.exited))

@@ -189,6 +189,40 @@ def test_progress_while_backfilling_then_building(engine: Engine) -> None:
     assert audience["size"] == 10  # every user spent 50 or more
 
 
+def test_the_list_pages_take_the_same_queries_for_any_number_of_definitions(
+    engine: Engine,
+) -> None:
+    def statements(function: Any) -> int:
+        seen: list[str] = []
+
+        def note(*args: Any) -> None:
+            seen.append(args[2])
+
+        sa.event.listen(engine, "before_cursor_execute", note)
+        try:
+            with engine.connect() as conn:
+                function(conn)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", note)
+        return len(seen)
+
+    def pages() -> tuple[int, int]:
+        return (
+            statements(lambda conn: audience_overview(conn, now=T0)),
+            statements(lambda conn: computed_trait_overview(conn, include_implicit=True)),
+        )
+
+    define(engine)
+    few = pages()
+    with engine.begin() as conn:
+        for n in range(5):
+            service.create_audience(
+                conn, name=f"more {n}", description="", actor=None,
+                document={"event": f"Event {n}", "performed": True, "window": {"days": n + 1}},
+            )  # fmt: skip
+    assert pages() == few
+
+
 def test_an_upgraded_store_knows_its_sizes(engine: Engine) -> None:
     pipe = make_pipeline(Clock(T0))
     ids = define(engine)
