@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from tessera.activation.delivery_store import DEAD, PENDING
 from tessera.activation.models import destination_counters, destination_state, destinations, outbox
 from tessera.audiences.models import audiences
+from tessera.audiences.trends import recent_snapshots
 from tessera.processor import DERIVED, MAIN, health, lag
 from tessera.schema.models import schema_audience_sizes
 from tessera.schema.service import events_per_minute, merges_since, profile_counts
@@ -50,12 +51,13 @@ def dashboard_summary(
 def audience_trends(
     conn: Connection, *, audience_ids: list[str], since: datetime
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each audience's hourly sizes since `since`, oldest first (`{"hour", "size"}`).
-
-    The seam for the hourly size snapshots, which another change adds: read them here.
-    Until then there are none, and the dashboard shows sizes without a trend.
-    """
-    return {}
+    """Each audience's hourly sizes since `since`, oldest first (`{"hour", "size"}`), from
+    the audiences' hourly snapshots (`audiences/trends.py`)."""
+    found = recent_snapshots(conn, audience_ids=audience_ids, since=since)
+    return {
+        audience_id: [{"hour": hour, "size": size} for hour, size in series]
+        for audience_id, series in found.items()
+    }
 
 
 def largest_audiences(

@@ -4,6 +4,7 @@ restarts, and rebuild reaching the same state."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tessera.audiences import service
+from tessera.audiences.models import audience_changes, audience_daily_changes, audiences
 from tessera.identity.config import IdentityRules
 from tessera.processor import (
     Pipeline,
@@ -220,16 +222,50 @@ def test_a_merge_folds_computed_traits_and_memberships(engine: Engine) -> None:
 
 
 def derived(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """The derived state to compare; the kept sizes must equal the member rows' counts."""
     queries = {
         "values": "SELECT profile_id, name, value FROM computed_trait_values",
         "members": "SELECT audience_id, profile_id FROM audience_members",
         "schedule": "SELECT profile_id, item, due_at FROM evaluation_schedule",
+        "sizes": "SELECT audience_id, members FROM audience_sizes WHERE members <> 0",
     }
     with engine.connect() as conn:
-        return {
+        found = {
             name: sorted((tuple(row) for row in conn.execute(sa.text(sql))), key=repr)
             for name, sql in queries.items()
         }
+    counted = Counter(audience_id for audience_id, _ in found["members"])
+    assert dict(found["sizes"]) == dict(counted), "kept sizes differ from the members"
+    assert kept_daily_changes(engine) == counted_daily_changes(engine)
+    return found
+
+
+def kept_daily_changes(engine: Engine) -> dict[tuple[str, Any], tuple[int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                audience_daily_changes.c.audience_id,
+                audience_daily_changes.c.day,
+                audience_daily_changes.c.entered,
+                audience_daily_changes.c.exited,
+            )
+        )
+        return {(row[0], row[1]): (row[2], row[3]) for row in rows if row[2] or row[3]}
+
+
+def counted_daily_changes(engine: Engine) -> dict[tuple[str, Any], tuple[int, int]]:
+    """The change stream of existing audiences counted per UTC day."""
+    counts: dict[tuple[str, Any], list[int]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(audience_changes.c.audience_id, audience_changes.c.change,
+                      audience_changes.c.at)
+            .join(audiences, audiences.c.id == audience_changes.c.audience_id)
+        )  # fmt: skip
+        for audience_id, change, at in rows:
+            pair = counts.setdefault((audience_id, at.date()), [0, 0])
+            pair[change == "exited"] += 1
+    return {key: (pair[0], pair[1]) for key, pair in counts.items()}
 
 
 def test_rebuild_reaches_the_same_memberships(engine: Engine) -> None:

@@ -1,7 +1,7 @@
 """ingest: write keys stored as their SHA-256; per-source daily counts; refused messages
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-04 10:00:00
 
 `sources.write_key` now holds the SHA-256 (hex) of the key instead of the key, and
@@ -22,7 +22,7 @@ from alembic import op
 from tessera.store.types import BigIntegerPK, UtcDateTime
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
