@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
@@ -154,6 +155,18 @@ def test_a_lost_key_is_rotated_after_a_confirmation(
     page.goto(f"{web.url}/sources/{web.source.id}")
     expect(page.get_by_text("Send an event to see it here")).to_be_visible()
     assert_accessible(page)
+    # A burst larger than one read of the stream: the newest are shown, and a notice says so.
+    burst = [{"type": "track", "userId": "u", "event": f"Burst {i}"} for i in range(150)]
+    sent = httpx.post(f"{web.url}/v1/batch", json={"batch": burst}, auth=(web.write_key, ""))
+    assert sent.status_code == 200
+    debugger = page.get_by_role("list", name="Events and refusals, newest first")
+    # Below the newest 100 (one read), where the ones passed over would be.
+    expect(debugger.get_by_role("listitem").nth(100)).to_contain_text(
+        "only the newest are shown", timeout=ARRIVES
+    )
+    expect(debugger.get_by_role("listitem").first).to_contain_text("Burst 149")
+    assert_accessible(page)
+    expect(page.get_by_text("Send an event to see it here")).to_be_hidden()
     page.get_by_role("button", name="Rotate key").click()
     page.get_by_role("dialog").get_by_role("button", name="Rotate key").click()
     expect(page.get_by_text("The old key no longer works.")).to_be_visible()
