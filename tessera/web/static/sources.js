@@ -100,6 +100,8 @@
         const value = Number(count.textContent.replace(/\D/g, "")) || 0;
         count.textContent = numbers.format(value + 1);
       }
+      const hint = document.querySelector(`[data-live-hint="${kind}"]`);
+      if (hint) hint.textContent = "the reasons are below";
       const last = document.querySelector(`[data-live-last="${kind}"]`);
       if (last && iso) {
         const time = document.createElement("time");
