@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -313,10 +314,15 @@ class SourceActivity:
 
 
 def activity_by_source(
-    conn: Connection, *, source_id: int | None = None, today: date | None = None
+    conn: Connection,
+    *,
+    source_id: int | None = None,
+    source_ids: Sequence[int] | None = None,
+    today: date | None = None,
 ) -> dict[int, SourceActivity]:
-    """Today's counts (UTC) and the last moments heard, per source (or for one) that sent
-    anything in the last `ACTIVITY_DAYS`: at most one row per source and day is read."""
+    """Today's counts (UTC) and the last moments heard, per source (or for one, or for
+    some) that sent anything in the last `ACTIVITY_DAYS`: at most one row per source and
+    day is read."""
     today = today or datetime.now(UTC).date()
     table = source_activity
     is_today = table.c.day == today
@@ -329,6 +335,8 @@ def activity_by_source(
     ).group_by(table.c.source_id)
     if source_id is not None:
         query = query.where(table.c.source_id == source_id)
+    if source_ids is not None:
+        query = query.where(table.c.source_id.in_(list(source_ids)))
     found = {}
     for row_source, accepted, refused, last_accepted, last_refused in conn.execute(query):
         found[row_source] = SourceActivity(

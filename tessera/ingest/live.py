@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from tessera.errors import BadRequest
 from tessera.eventlog.service import head_position, tail_events
@@ -109,6 +109,28 @@ def refusal_out(row: dict[str, Any]) -> dict[str, Any]:
         "message_id": row["message_id"],
         "excerpt": row["excerpt"],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What a debugger shows as it opens: ("event" | "refusal", the item as the stream sends
+    it), newest first, and the cursor its stream starts from so that nothing falls between."""
+
+    items: list[tuple[str, dict[str, Any]]]
+    cursor: Cursor
+
+
+def recent(conn: Connection, *, source_id: int, limit: int = 25) -> Recent:
+    """The source's newest events (from the bounded tail of the log, as `tail_events`) and
+    refused messages, the newest `limit` of both together."""
+    tail = tail_events(conn, source_id=source_id, after_position=None, limit=limit)
+    refusals = list_refusals(conn, source_id=source_id, limit=limit)
+    items = [("event", event_out(row)) for row in tail.events]
+    items += [("refusal", refusal_out(row)) for row in refusals]
+    items.sort(key=lambda item: item[1]["received_at"], reverse=True)
+    # No refusal listed means none is stored: the stream then sends every one from id 1.
+    cursor = Cursor(tail.position, refusals[-1]["id"] if refusals else 0)
+    return Recent(items[:limit], cursor)
 
 
 def _poll(engine: Engine, source_id: int, cursor: Cursor) -> tuple[list[bytes], Cursor]:

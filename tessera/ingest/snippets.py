@@ -38,18 +38,31 @@ def _js(value: object) -> str:
     return json.dumps(value)
 
 
-def snippets(base_url: str, write_key: str) -> Snippets:
-    """The four snippets for a Tessera reached at `base_url` (scheme and host, as clients
-    see it, e.g. https://cdp.example.com) and a source's `write_key`."""
+def _base(base_url: str) -> str:
     base = base_url.rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"the base URL must be http(s)://host[:port], got {base_url!r}")
+    return base
+
+
+def curl(base_url: str, write_key: str | None) -> str:
+    """The curl snippet; with no `write_key`, it reads the key from `$WRITE_KEY` (for a page
+    that shows a source after the one moment its key was known)."""
+    base = _base(base_url)
     body = json.dumps({"userId": USER_ID, "event": EVENT, "properties": PROPERTIES})
-    curl = (
-        f"curl -u {shlex.quote(write_key + ':')} {shlex.quote(base + '/v1/track')} "
+    user = '"$WRITE_KEY:"' if write_key is None else shlex.quote(write_key + ":")
+    return (
+        f"curl -u {user} {shlex.quote(base + '/v1/track')} "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
+
+
+def snippets(base_url: str, write_key: str) -> Snippets:
+    """The four snippets for a Tessera reached at `base_url` (scheme and host, as clients
+    see it, e.g. https://cdp.example.com) and a source's `write_key`."""
+    base = _base(base_url)
+    parts = urlsplit(base)
     python = "\n".join(
         [
             "# pip install segment-analytics-python",
@@ -104,4 +117,4 @@ def snippets(base_url: str, write_key: str) -> Snippets:
             "",
         ]
     )
-    return Snippets(curl=curl, python=python, node=node, analytics_js=analytics_js)
+    return Snippets(curl=curl(base, write_key), python=python, node=node, analytics_js=analytics_js)

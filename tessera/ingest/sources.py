@@ -97,8 +97,14 @@ def create_source(conn: Connection, *, name: str) -> NewSource:
     return NewSource(source_id, name, prefix, True, now, None, key)
 
 
-def list_sources(conn: Connection) -> list[Source]:
-    return [_source(row) for row in conn.execute(sa.select(sources).order_by(sources.c.id))]
+def list_sources(
+    conn: Connection, *, after_id: int | None = None, limit: int | None = None
+) -> list[Source]:
+    """Oldest first: all of them, or `limit` after the id `after_id` (a page)."""
+    query = sa.select(sources).order_by(sources.c.id).limit(limit)
+    if after_id is not None:
+        query = query.where(sources.c.id > after_id)
+    return [_source(row) for row in conn.execute(query)]
 
 
 def get_source(
@@ -213,10 +219,15 @@ def summary(source: Source, activity: SourceActivity | None) -> dict[str, Any]:
     }
 
 
-def list_source_summaries(conn: Connection) -> list[dict[str, Any]]:
-    """Every source with its activity: two queries, neither of which reads the log."""
-    activity = activity_by_source(conn)
-    return [summary(source, activity.get(source.id)) for source in list_sources(conn)]
+def list_source_summaries(
+    conn: Connection, *, after_id: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Every source (or a page of them, as `list_sources`) with its activity: two queries,
+    neither of which reads the log."""
+    found = list_sources(conn, after_id=after_id, limit=limit)
+    paged = after_id is not None or limit is not None
+    activity = activity_by_source(conn, source_ids=[s.id for s in found] if paged else None)
+    return [summary(source, activity.get(source.id)) for source in found]
 
 
 def get_source_summary(conn: Connection, *, source_id: int) -> dict[str, Any]:

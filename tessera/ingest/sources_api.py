@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.engine import Connection, Engine
 
 from tessera.api.deps import ConnectionDep, IdPath, Principal, client_ip, require
-from tessera.audit.service import record
 from tessera.config import Settings
 from tessera.eventlog.service import tail_events
-from tessera.ingest import live, sources
+from tessera.ingest import live, sources, sources_admin
 from tessera.ingest.activity import list_refusals
 from tessera.ingest.schemas import (
     RefusalOut,
@@ -47,13 +45,6 @@ def _created(request: Request, conn: Connection, source: sources.NewSource) -> d
     }
 
 
-def _forget_on_commit(request: Request, conn: Connection, source_id: int) -> None:
-    """Make this process's write key cache drop the source once the change commits: before
-    that, a tracking request could cache the old state again."""
-    write_keys: sources.WriteKeyCache = request.app.state.write_keys
-    sa.event.listen(conn, "commit", lambda _conn: write_keys.forget_source(source_id))
-
-
 @router.get("/sources", response_model=list[SourceOut], summary="List sources")
 def list_sources(conn: ConnectionDep, _: Manager) -> list[dict[str, Any]]:
     """Oldest first, each with today's counts and when it was last heard from."""
@@ -66,14 +57,8 @@ def create_source(
 ) -> dict[str, Any]:
     """The write key is in this response only (it is stored hashed), with snippets that
     send a first event with it."""
-    source = sources.create_source(conn, name=body.name)
-    record(
-        conn,
-        actor=principal.actor,
-        action="source.create",
-        target=f"source:{source.name}",
-        ip=client_ip(request),
-        details={"source_id": source.id, "write_key_prefix": source.write_key_prefix},
+    source = sources_admin.create_source(
+        conn, actor=principal.actor, ip=client_ip(request), name=body.name
     )
     return _created(request, conn, source)
 
@@ -87,18 +72,14 @@ def get_source(source_id: IdPath, conn: ConnectionDep, _: Manager) -> dict[str, 
 def update_source(
     source_id: IdPath, body: SourcePatch, request: Request, conn: ConnectionDep, principal: Manager
 ) -> dict[str, Any]:
-    before = sources.get_source(conn, source_id=source_id)
-    source = sources.set_source_enabled(conn, source_id=source_id, enabled=body.enabled)
-    if before.enabled != source.enabled:
-        record(
-            conn,
-            actor=principal.actor,
-            action="source.enable" if source.enabled else "source.disable",
-            target=f"source:{source.name}",
-            ip=client_ip(request),
-            details={"source_id": source.id},
-        )
-        _forget_on_commit(request, conn, source_id)
+    sources_admin.set_source_enabled(
+        conn,
+        actor=principal.actor,
+        ip=client_ip(request),
+        source_id=source_id,
+        enabled=body.enabled,
+        write_keys=request.app.state.write_keys,
+    )
     return sources.get_source_summary(conn, source_id=source_id)
 
 
@@ -112,16 +93,13 @@ def rotate_write_key(
 ) -> dict[str, Any]:
     """The old key stops working (within TESSERA_WRITE_KEY_CACHE_SECONDS in other
     processes); the new one is in this response only."""
-    source = sources.rotate_write_key(conn, source_id=source_id)
-    record(
+    source = sources_admin.rotate_write_key(
         conn,
         actor=principal.actor,
-        action="source.rotate_key",
-        target=f"source:{source.name}",
         ip=client_ip(request),
-        details={"source_id": source.id, "write_key_prefix": source.write_key_prefix},
+        source_id=source_id,
+        write_keys=request.app.state.write_keys,
     )
-    _forget_on_commit(request, conn, source_id)
     return _created(request, conn, source)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from tessera.errors import BadRequest
+from tessera.eventlog import append_events
 from tessera.ingest.activity import (
     EXCERPT_CHARS,
     IngestActivity,
@@ -21,9 +22,10 @@ from tessera.ingest.activity import (
     excerpt_of_message,
     list_refusals,
 )
-from tessera.ingest.live import Cursor, parse_cursor
+from tessera.ingest.live import Cursor, _poll, parse_cursor, recent
 from tessera.ingest.sources import create_source, new_write_key
 from tessera.store import create_store_engine
+from tests.eventlog.test_tail import _event
 
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 
@@ -137,3 +139,35 @@ def test_a_plain_position_is_a_cursor_too() -> None:
 def test_a_cursor_that_was_not_sent_is_a_400(text: str) -> None:
     with pytest.raises(BadRequest, match="not one this stream sent"):
         parse_cursor(text)
+
+
+def test_a_debugger_opens_on_the_newest_and_its_stream_starts_after_them(engine: Engine) -> None:
+    with engine.begin() as conn:
+        web, app = (create_source(conn, name=name).id for name in ("web", "app"))
+    start = datetime.now(UTC)
+    activity = IngestActivity(engine)
+    with engine.begin() as conn:
+        append_events(conn, [_event(web, f"Event {i}") for i in range(4)] + [_event(app, "App")])
+    activity.refused(refusal(web, "refused before", start + timedelta(hours=1)))
+    activity.flush()
+    with engine.connect() as conn:
+        opened = recent(conn, source_id=web, limit=3)
+        nothing = recent(conn, source_id=create_source(conn, name="new").id)
+    # Newest first, events and refusals together by when they came; another source's left out.
+    assert [item.get("name") or item.get("reason") for _, item in opened.items] == [
+        "refused before",
+        "Event 3",
+        "Event 2",
+    ]
+    assert nothing.items == [] and nothing.cursor.refusal_id == 0
+
+    with engine.begin() as conn:
+        append_events(conn, [_event(web, "Event after")])
+    activity.refused(refusal(web, "refused after"))
+    activity.flush()
+    frames, _ = _poll(engine, web, opened.cursor)
+    sent = [orjson.loads(f.split(b"data: ")[1]) for f in frames if b"data: " in f]
+    assert [item.get("name") or item.get("reason") for item in sent] == [
+        "Event after",
+        "refused after",
+    ]

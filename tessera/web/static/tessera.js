@@ -13,7 +13,10 @@
   // Times arrive as ISO 8601 in UTC; show them in the person's own time zone, keep the
   // exact time on hover.
   const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  const preciseFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+  const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
   const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  const sameDay = (a, b) => a.toDateString() === b.toDateString();
   function localTimes(root) {
     root.querySelectorAll("time[data-local]").forEach((node) => {
       const moment = new Date(node.getAttribute("datetime"));
@@ -24,6 +27,8 @@
           : Math.abs(seconds) < 3600 ? [Math.round(seconds / 60), "minute"]
           : [Math.round(seconds / 3600), "hour"];
         node.textContent = relative.format(value, unit);
+      } else if (node.hasAttribute("data-precise")) {
+        node.textContent = (sameDay(moment, new Date()) ? clockFormat : preciseFormat).format(moment);
       } else {
         node.textContent = timeFormat.format(moment);
       }
@@ -94,8 +99,37 @@
     charts(root);
     sparklines(root);
   }
+  // For page scripts that add markup themselves (static/sources.js).
+  window.tessera = { enhance };
+
+  // Tabs (WAI-ARIA): a [role=tablist] of [role=tab] buttons, each aria-controls its
+  // [role=tabpanel]. Click or arrow keys (Home, End too) select; the others' panels hide.
+  function selectTab(tab) {
+    const list = tab.closest('[role="tablist"]');
+    list.querySelectorAll('[role="tab"]').forEach((other) => {
+      const chosen = other === tab;
+      other.setAttribute("aria-selected", String(chosen));
+      other.tabIndex = chosen ? 0 : -1;
+      const panel = document.getElementById(other.getAttribute("aria-controls"));
+      if (panel) panel.hidden = !chosen;
+    });
+  }
+  document.addEventListener("keydown", (event) => {
+    const tab = event.target.closest?.('[role="tab"]');
+    if (!tab) return;
+    const tabs = [...tab.closest('[role="tablist"]').querySelectorAll('[role="tab"]')];
+    const index = tabs.indexOf(tab);
+    const next = { ArrowRight: index + 1, ArrowLeft: index - 1, Home: 0, End: tabs.length - 1 }[event.key];
+    if (next === undefined) return;
+    event.preventDefault();
+    const target = tabs[(next + tabs.length) % tabs.length];
+    selectTab(target);
+    target.focus();
+  });
 
   document.addEventListener("click", (event) => {
+    const tab = event.target.closest('[role="tab"]');
+    if (tab && tab.closest('[role="tablist"]')) selectTab(tab);
     const target = event.target.closest("[data-dialog-open],[data-dialog-close],[data-copy],[data-nav-toggle]");
     if (!target) return;
     if (target.dataset.dialogOpen) document.getElementById(target.dataset.dialogOpen)?.showModal();
