@@ -21,15 +21,18 @@ from tessera.profiles.masking import (
     mask_identities,
     mask_merge,
     mask_profile,
+    mask_summary,
 )
 from tessera.profiles.schemas import (
     EventPage,
     IdentityDetail,
     MergeOut,
     ProfileOut,
+    ProfileSearchPage,
     UnmergeIn,
     UnmergeOut,
 )
+from tessera.profiles.search import MAX_LIMIT, search_profiles
 
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require("profiles:read"))]
@@ -73,6 +76,35 @@ def show_profile(
     if memberships is not None:
         body["audiences"] = memberships(conn, profile_id=profile_id)
     return body if allowed(role, "pii:read") else mask_profile(body)
+
+
+# Declared before `/{ref}`, which would take "search" for a reference.
+@router.get("/search", response_model=ProfileSearchPage, summary="Find people")
+def search(
+    *,
+    conn: ConnectionDep,
+    principal: Reader,
+    q: Annotated[
+        str,
+        Query(
+            max_length=200,
+            description="The start of a name, email, phone, user id or other identifier, "
+            "or of a company's name; several words must all match.",
+        ),
+    ],
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> dict[str, Any]:
+    """Profiles whose identifier equals the query first, then those with a name, email,
+    phone, identifier or company starting with each word, newest first. For roles without
+    `pii:read`, names, emails and phones are neither matched nor shown unmasked."""
+    personal = principal.may("pii:read")
+    page = search_profiles(conn, query=q, limit=limit, after=cursor, personal=personal)
+    if not personal:
+        page["items"] = [mask_summary(item) for item in page["items"]]
+    return page
 
 
 @router.get("/{ref}", response_model=ProfileOut, summary="One unified profile")
