@@ -57,14 +57,18 @@ def _phone(rng: random.Random) -> tuple[str, str]:
 
 
 def _extras(
-    rng: random.Random, profiles: list[tuple[Any, ...]], source_id: int
+    rng: random.Random, profiles: list[tuple[Any, ...]], source_id: int, phones: set[str]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Phone and company traits, and phone identifiers, for a share of `profiles`."""
+    """Phone and company traits, and phone identifiers, for a share of `profiles`; `phones`
+    holds the numbers given out so far (an identifier has one owner)."""
     identities, traits = [], []
     for pid, n, _merged, _created, updated, _count in profiles:
         message = f"syn-{n + 4:012d}"
         if rng.random() < PHONE_SHARE:
             typed, e164 = _phone(rng)
+            while e164 in phones:
+                typed, e164 = _phone(rng)
+            phones.add(e164)
             identities.append(("phone", e164, pid, n + 4))
             traits.append(
                 (pid, "phone", orjson.dumps(typed).decode(), source_id, n + 4, message, updated)
@@ -87,6 +91,7 @@ def build_sqlite(database: Path, *, profiles: int, seed: int) -> dict[str, Any]:
     engine, source_id = fresh_store(database, settings(), "synthetic")
     engine.dispose()
     rng = random.Random(f"search-{seed}")
+    phones: set[str] = set()
     db = sqlite3.connect(database, isolation_level=None)
     try:
         for pragma in ("journal_mode=DELETE", "synchronous=OFF", "cache_size=-1000000"):
@@ -101,7 +106,7 @@ def build_sqlite(database: Path, *, profiles: int, seed: int) -> dict[str, Any]:
                 region="US",
                 taken=set(),
             )
-            identities, traits = _extras(rng, rows[0], source_id)
+            identities, traits = _extras(rng, rows[0], source_id, phones)
             db.execute("BEGIN")
             for statement, rows_of in zip(PROFILE_INSERTS, rows, strict=True):
                 db.executemany(statement, rows_of)
@@ -146,7 +151,8 @@ def cached_sqlite(cache: Path, *, profiles: int, seed: int) -> tuple[Path, dict[
 
 def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, dict[str, Any]]:
     """A migrated PostgreSQL database `name` holding the SQLite store's surviving profiles
-    and their index rows (COPY; the GIN index is built once, after the load); reused when
+    and their index rows (COPY; the GIN index is built once, after the load, and the
+    generated tsvector column is computed as the rows arrive); reused when
     it holds as many rows."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
@@ -174,7 +180,7 @@ def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, 
     started = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE profile_search, profiles"))
-        conn.execute(sa.text("DROP INDEX IF EXISTS ix_profile_search_terms"))
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_profile_search_document"))
         raw = conn.connection.driver_connection
         assert raw is not None
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as source, raw.cursor() as cur:

@@ -127,12 +127,18 @@ profile_search = sa.Table(
     sa.Column("phone", sa.String(255), nullable=True),
     sa.Column("company", sa.String(255), nullable=True),
     # Space-separated index terms (`search_terms.py`). SQLite indexes them with FTS5,
-    # PostgreSQL with a GIN index over them as a tsvector (both in revision 0010).
+    # PostgreSQL with a GIN index over them as a tsvector, the generated column
+    # `document` (both in revision 0010).
     sa.Column("terms", sa.Text, nullable=False),
     sa.Index("ix_profile_search_profile_id", "profile_id", unique=True),
 )
-# What revision 0010 makes beside `profile_search` and a model cannot declare: SQLite's
-# FTS5 table (with the shadow tables FTS5 names after it) and PostgreSQL's GIN index over
-# an expression. Schema comparisons leave them out (`store.schema.include_name`).
-SEARCH_INDEX_OBJECTS = ("profile_search_fts", "ix_profile_search_terms")
+# What revision 0010 makes beside `profile_search` and a model cannot declare, one backend's
+# each: SQLite's FTS5 table (with the shadow tables FTS5 names after it), PostgreSQL's
+# generated tsvector column and its GIN index. Schema comparisons leave them out
+# (`store.schema.include_name`).
+SEARCH_INDEX_OBJECTS = (
+    "profile_search_fts",
+    "profile_search.document",
+    "ix_profile_search_document",
+)
 metadata.info.setdefault("unmodelled", set()).update(SEARCH_INDEX_OBJECTS)

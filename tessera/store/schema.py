@@ -7,6 +7,8 @@ that every table is known (Alembic's autogenerate does this in `migrations/env.p
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,15 +35,19 @@ MODEL_MODULES = (
 )
 
 
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+def include_name(name: str | None, type_: str, parent_names: Mapping[Any, str | None]) -> bool:
     """Alembic's filter for schema comparisons (autogenerate, the migration test): leaves
     out the objects a domain lists in `metadata.info["unmodelled"]`, which migrations make
-    but models cannot declare (an FTS5 table and the shadow tables named after it, an
-    index over an expression)."""
-    if name is None or type_ not in ("table", "index"):
-        return True
+    but models cannot declare: a table and the shadow tables named after it (FTS5), an
+    index, a column as `table.column` (one backend's generated column)."""
     unmodelled: set[str] = metadata.info.get("unmodelled", set())
-    return not any(name == made or name.startswith(f"{made}_") for made in unmodelled)
+    if name is None:
+        return True
+    if type_ == "column":
+        return f"{parent_names.get('table_name')}.{name}" not in unmodelled
+    if type_ in ("table", "index"):
+        return not any(name == made or name.startswith(f"{made}_") for made in unmodelled)
+    return True
 
 
 def load_all_models() -> sa.MetaData:

@@ -257,3 +257,24 @@ def test_the_index_kept_batch_by_batch_equals_the_rebuilt_one(
         reset_derived_state(conn, stages=pipe.stages)
     process(engine, pipe)
     assert _rows(engine) == incremental
+
+
+def test_upgrading_a_store_indexes_the_profiles_it_already_has(engine: Engine) -> None:
+    from alembic import command
+
+    from tessera.store import upgrade
+    from tessera.store.migrate import alembic_config
+
+    config = alembic_config()
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+        conn.commit()
+    ingest(engine, [JO, ANN])
+    process(engine)  # a processor from before the search: no stage, no table
+    upgrade(engine)
+    assert _found(engine, "smi") == [
+        profile_id(engine, "user_id:u10"),
+        profile_id(engine, "user_id:u1"),
+    ]
+    assert _found(engine, "+4479") == [profile_id(engine, "user_id:u1")]
