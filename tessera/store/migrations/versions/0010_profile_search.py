@@ -22,9 +22,9 @@ comparisons from reporting it):
 - PostgreSQL: a generated column `document`, the terms as a tsvector (`array_to_tsvector`:
   each term a lexeme as written, no parser or dictionary), and a GIN index over it, which
   answers prefix queries (`'p:smi':*`) as the FTS5 index does, with the same terms and no
-  extension. A trigram index (pg_trgm)
-  would answer substrings too, but finds word starts only through a recheck of every
-  candidate row, and needs the extension installed on the server.
+  extension. A trigram index (pg_trgm) would answer substrings too, but finds word starts
+  only through a recheck of every candidate row, and needs the extension installed on the
+  server.
 
 The rows of an existing store are filled in here, from its profiles as they are.
 """
