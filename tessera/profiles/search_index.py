@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 # Identifier types that say nothing a person would search for: browser cookies, devices.
 UNSEARCHED_TYPES = ("anonymous_id", "device_id", "advertising_id")
-# How many identifiers of one type a row holds (a profile may have up to 500 in all).
-MAX_PER_TYPE = 20
+# How many identifiers a row holds, of one type and in all (a profile may have 500): the
+# oldest, and a row's terms stay well under PostgreSQL's 1 MB for a tsvector.
+MAX_PER_TYPE, MAX_IDENTIFIERS = 20, 100
 MAX_ACCOUNTS = 20
 
 _WORDS = {
@@ -143,7 +144,7 @@ def load_rows(conn: Connection, profile_ids: Iterable[str]) -> dict[str, dict[st
             .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
         ):
             count = per_type[pid, kind] = per_type.get((pid, kind), 0) + 1
-            if pid in found and count <= MAX_PER_TYPE:
+            if pid in found and count <= MAX_PER_TYPE and len(found[pid]) < MAX_IDENTIFIERS:
                 found[pid].append((kind, value))
         accounts: dict[str, list[Any]] = {pid: [] for pid in seqs}
         for pid, account in conn.execute(

@@ -278,3 +278,29 @@ def test_upgrading_a_store_indexes_the_profiles_it_already_has(engine: Engine) -
         profile_id(engine, "user_id:u1"),
     ]
     assert _found(engine, "+4479") == [profile_id(engine, "user_id:u1")]
+
+
+def test_a_profile_with_hundreds_of_identifiers_keeps_its_oldest_in_the_index(
+    engine: Engine,
+) -> None:
+    from tessera.profiles.search_index import MAX_IDENTIFIERS, MAX_PER_TYPE, load_rows
+
+    ingest(engine, [{"type": "identify", "userId": "many"}])
+    process(engine, _pipeline())
+    pid = profile_id(engine, "user_id:many")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO identities (type, value, profile_id, first_seq) "
+                "VALUES (:t, :v, :p, :s)"
+            ),
+            [{"t": f"crm_{n % 10}", "v": f"id-{n}", "p": pid, "s": 100 + n} for n in range(300)],
+        )
+        (row,) = load_rows(conn, [pid]).values()
+    assert row is not None
+    exact = [term for term in row["terms"].split() if term.startswith("ox:")]
+    assert len(exact) == MAX_IDENTIFIERS  # user_id and the oldest custom ones
+    assert "ox:many" in exact and "ox:id0" in exact and "ox:id299" not in exact
+    assert (
+        sum(term.startswith("ox:id") and int(term[5:]) % 10 == 3 for term in exact) <= MAX_PER_TYPE
+    )
