@@ -155,10 +155,9 @@ def cached_sqlite(cache: Path, *, profiles: int, seed: int) -> tuple[Path, dict[
 
 
 def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, dict[str, Any]]:
-    """A migrated PostgreSQL database `name` holding the SQLite store's surviving profiles
-    and their index rows (COPY; the GIN index is built once, after the load, and the
-    generated tsvector column is computed as the rows arrive); reused when
-    it holds as many rows."""
+    """A migrated PostgreSQL database `name` holding the SQLite store's profiles and their
+    index rows (COPY: the generated tsvector column is computed as the rows arrive, the GIN
+    index built once, after the load); reused when it holds as many rows."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
@@ -207,8 +206,6 @@ def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, 
 
 
 def _gin_index() -> str:
-    import importlib
-
-    migration = importlib.import_module("tessera.store.migrations.versions.0010_profile_search")
-    statement: str = migration.GIN_INDEX
-    return statement
+    """The migration's statement that makes the GIN index (dropped for the load)."""
+    statements: tuple[str, ...] = _migration().GIN_INDEX
+    return next(statement for statement in statements if statement.startswith("CREATE INDEX"))
