@@ -207,13 +207,10 @@ def main() -> None:
     announce("search", info)
     database, built = cached_sqlite(args.cache, profiles=args.profiles, seed=args.seed)
     lines = [
-        f"store: {built['rows']:,} indexed profiles, {built['bytes'] / 2**20:,.0f} MiB"
-        + (
-            " (cached)"
-            if built["cached"]
-            else f"; inserted in {built['insert_s']:.0f} s, indexed by the backfill in "
-            f"{built['index_s']:.0f} s ({built['indexed'] / built['index_s']:,.0f} profiles/s)"
-        )
+        f"store: {built['rows']:,} indexed profiles, {built['bytes'] / 2**20:,.0f} MiB; "
+        + ("when it was built (cached since): " if built["cached"] else "")
+        + f"inserted in {built['insert_s']:.0f} s, indexed by the backfill in "
+        f"{built['index_s']:.0f} s ({built['indexed'] / built['index_s']:,.0f} profiles/s)"
     ]
     print(lines[0])
     queries = queries_by_kind(sample_people(database, args.queries, args.seed), args.seed)
