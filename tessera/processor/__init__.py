@@ -28,7 +28,13 @@ if one dies). Locks are always taken main first, then the partitions, then deriv
 
 from tessera.processor.claims import LayoutChanged, PositionMoved
 from tessera.processor.derived_stage import run_derived_once, run_maintenance
-from tessera.processor.extensions import AppliedBatch, BatchEvent, BatchStage, WorkerJob
+from tessera.processor.extensions import (
+    AppliedBatch,
+    BatchEvent,
+    BatchStage,
+    ProfileChanges,
+    WorkerJob,
+)
 from tessera.processor.health import Health, Lag, dropped_counts, health, lag, record_failure
 from tessera.processor.main_stage import run_once
 from tessera.processor.models import DERIVED, MAIN, STAGES
@@ -55,6 +61,7 @@ __all__ = [
     "PositionMoved",
     "Processor",
     "ProcessorConfig",
+    "ProfileChanges",
     "Unmerged",
     "WorkerJob",
     "dropped_counts",

@@ -8,10 +8,12 @@ ordinary entries in its `pyproject.toml`), or passed to `Pipeline(stages=...)` a
 `Processor(jobs=...)` directly (tests, embedding).
 
 **A batch stage** (orders and purchase history, loyalty ledgers: state that derives from
-events per person) is called once per batch, in the batch's transaction, after identity
-and profiles are written and before the position moves. So what it writes commits with
-the events it reflects: a failed batch rolls it back, and it sees each event exactly
-once. It must be re-derivable: `tessera rebuild` empties its `tables` and replays the log
+events per person; the people search's index, which derives from profiles) is called
+once per batch, in the batch's transaction, after identity and profiles are written and
+before the position moves. So what it writes commits with the events it reflects: a
+failed batch rolls it back, and it sees each event exactly once. Besides the events it
+gets the batch's merges and what changed on profiles (traits, identifiers, accounts). It
+must be re-derivable: `tessera rebuild` empties its `tables` and replays the log
 through it, and an unmerge deletes the cluster's rows from them and replays the
 cluster's events, so each table keys its rows by a `profile_id` column. A table without
 one tallies the whole log rather than people (the schema catalog): rebuild empties it too,
@@ -69,6 +71,21 @@ class BatchEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileChanges:
+    """What the main stage changed on profiles in a batch, each profile under its id at the
+    batch's end: for a stage that derives from profiles (the people search) rather than
+    from events, so it revisits only the profiles whose state it reads."""
+
+    # (profile, trait name) pairs whose value changed (a repeated identify that wins again
+    # with the same value is not a change).
+    traits: frozenset[tuple[str, str]] = frozenset()
+    # (profile, identifier type) pairs newly linked.
+    identifiers: frozenset[tuple[str, str]] = frozenset()
+    # Profiles whose account links (group calls) were written.
+    accounts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class AppliedBatch:
     """What the main stage applied in this transaction."""
 
@@ -80,6 +97,7 @@ class AppliedBatch:
     # An unmerge re-applying events that were applied before: per-profile tables were
     # emptied for them, tallies of the whole log were not.
     replay: bool = False
+    changes: ProfileChanges = field(default_factory=ProfileChanges)
 
 
 class BatchStage(Protocol):

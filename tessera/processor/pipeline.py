@@ -28,7 +28,13 @@ from tessera.identity.extract import Identifier, alias_previous, extract_identif
 from tessera.ingest.models import sources
 from tessera.processor.derive import derive_batch
 from tessera.processor.events import ParsedEvent, consent_stated_by, traits_set_by
-from tessera.processor.extensions import AppliedBatch, BatchEvent, BatchStage, batch_stages
+from tessera.processor.extensions import (
+    AppliedBatch,
+    BatchEvent,
+    BatchStage,
+    ProfileChanges,
+    batch_stages,
+)
 from tessera.profiles.batch import ProfileBatch
 from tessera.profiles.policy import Provenance, TraitPolicies
 
@@ -221,7 +227,9 @@ class Pipeline:
             for seq, pid in profile_state.attribution
         ]
         if self.stages:
-            self._apply_stages(conn, batch, attributed, merged, graph_state, replay=replay)
+            self._apply_stages(
+                conn, batch, attributed, merged, (graph_state, profile_state), replay=replay
+            )
         if fan_out:
             self._fan_out(conn, batch, attributed, graph_state, profile_state, changes=derive)
         return attributed
@@ -232,12 +240,21 @@ class Pipeline:
         batch: list[ParsedEvent],
         attributed: list[tuple[int, str | None]],
         merged: list[tuple[str, str]],
-        graph_state: IdentityBatch,
+        states: tuple[IdentityBatch, ProfileBatch],
         *,
         replay: bool,
     ) -> None:
         """Hand the applied batch to the batch stages (`extensions`), in this transaction."""
+        graph_state, profile_state = states
         owners = dict(attributed)
+        final = graph_state.resolve_id
+        changes = ProfileChanges(
+            traits=frozenset((final(pid), name) for pid, name in profile_state.changed_values),
+            identifiers=frozenset(
+                (final(pid), ident.type) for ident, pid, _seq in graph_state.new_links
+            ),
+            accounts=frozenset(final(pid) for pid, _group in profile_state.changed_accounts),
+        )
         applied = AppliedBatch(
             events=[
                 BatchEvent(
@@ -255,9 +272,10 @@ class Pipeline:
                 )
                 for item in batch
             ],
-            merges=[(graph_state.resolve_id(survivor), absorbed) for survivor, absorbed in merged],
+            merges=[(final(survivor), absorbed) for survivor, absorbed in merged],
             now=self.clock(),
             replay=replay,
+            changes=changes,
         )
         for stage in self.stages:
             stage.apply(conn, applied)

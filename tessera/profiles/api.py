@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -10,14 +10,17 @@ from tessera.api.deps import ConnectionDep, Principal, client_ip, require
 from tessera.identity.config import IdentityRules
 from tessera.processor import Pipeline
 from tessera.profiles import service
+from tessera.profiles.masking import mask_summary
 from tessera.profiles.schemas import (
     EventPage,
     IdentityDetail,
     MergeOut,
     ProfileOut,
+    ProfileSearchPage,
     UnmergeIn,
     UnmergeOut,
 )
+from tessera.profiles.search import MAX_LIMIT, search_profiles
 
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require("profiles:read"))]
@@ -33,6 +36,35 @@ def _rules(request: Request) -> IdentityRules:
 
 def _resolve(conn: ConnectionDep, ref: str, request: Request, principal: Principal) -> str:
     return service.resolve_for(conn, ref, _rules(request), role=principal.role)
+
+
+# Declared before `/{ref}`, which would take "search" for a reference.
+@router.get("/search", response_model=ProfileSearchPage, summary="Find people")
+def search(
+    *,
+    conn: ConnectionDep,
+    principal: Reader,
+    q: Annotated[
+        str,
+        Query(
+            max_length=200,
+            description="The start of a name, email, phone, user id or other identifier, "
+            "or of a company's name; several words must all match.",
+        ),
+    ],
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> dict[str, Any]:
+    """Profiles whose identifier equals the query first, then those with a name, email,
+    phone, identifier or company starting with each word, newest first. For roles without
+    `pii:read`, names, emails and phones are neither matched nor shown unmasked."""
+    personal = principal.may("pii:read")
+    page = search_profiles(conn, query=q, limit=limit, after=cursor, personal=personal)
+    if not personal:
+        page["items"] = [mask_summary(item) for item in page["items"]]
+    return page
 
 
 @router.get("/{ref}", response_model=ProfileOut, summary="One unified profile")

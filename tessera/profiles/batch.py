@@ -73,6 +73,7 @@ class ProfileBatch:
         self._dirty_consent: set[tuple[str, str]] = set()
         self._dirty_rows: set[str] = set()
         self._dirty_traits: set[tuple[str, str]] = set()
+        self._new_values: set[tuple[str, str]] = set()
         self._dirty_accounts: set[tuple[str, str]] = set()
         self._absorbed: list[tuple[str, str]] = []
         self.attribution: list[tuple[int, str | None]] = []
@@ -124,6 +125,17 @@ class ProfileBatch:
         """(profile, trait name) pairs whose winning value this batch changed."""
         return self._dirty_traits
 
+    @property
+    def changed_values(self) -> set[tuple[str, str]]:
+        """The `changed_traits` whose value differs from the one it replaced (a repeated
+        identify wins again with the same value: written, for its provenance, not changed)."""
+        return self._new_values
+
+    @property
+    def changed_accounts(self) -> set[tuple[str, str]]:
+        """(profile, group id) pairs whose account link this batch wrote."""
+        return self._dirty_accounts
+
     # -- changes ---------------------------------------------------------------------------
 
     def create(self, profile_id: str, *, seq: int, at: datetime) -> None:
@@ -147,6 +159,8 @@ class ProfileBatch:
         if current is None or self.policies.wins(name, offered.provenance, current.provenance):
             self.traits[profile_id][name] = offered
             self._dirty_traits.add((profile_id, name))
+            if current is None or current.value != offered.value:
+                self._new_values.add((profile_id, name))
 
     def apply_traits(self, profile_id: str, traits: dict[str, Any], provenance: Provenance) -> None:
         for name, value in traits.items():

@@ -43,6 +43,10 @@ _PROFILE = TypeAdapter(ProfileOut)
 _JSON = (b"content-type", b"application/json")
 
 
+def _is_reference(ref: str) -> bool:
+    return "/" not in ref and (":" in ref or ref.startswith("prf_"))
+
+
 class ProfileLookup:
     """ASGI middleware: answers cached-token profile lookups, passes everything else on."""
 
@@ -69,7 +73,9 @@ class ProfileLookup:
         if scope["type"] == "http" and scope["method"] == "GET":
             path: str = scope["path"]
             ref = path[len(PREFIX) :]
-            if path.startswith(PREFIX) and ref and "/" not in ref:
+            # Only what can be a reference (`prf_123`, `TYPE:VALUE`): `/search` and any
+            # other word go on to their routes, or to the route's refusal.
+            if path.startswith(PREFIX) and _is_reference(ref):
                 role = self._cached_role(scope)
                 if role is not None and allowed(role, "profiles:read"):
                     await self._answer(ref, role, scope, receive, send)

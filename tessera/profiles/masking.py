@@ -53,6 +53,11 @@ def mask_profile(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "traits": traits, "identities": identities}
 
 
+def mask_summary(item: dict[str, Any]) -> dict[str, Any]:
+    """A search result (`search.search_profiles`) with its name, email and phone masked."""
+    return {**item, **{key: mask_value(item[key]) for key in ("name", "email", "phone")}}
+
+
 def mask_identities(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {**item, "value": mask_value(item["value"])} if item["type"] in PII_IDENTITY_TYPES else item

@@ -105,3 +105,40 @@ profile_consent = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("timestamp", UtcDateTime, nullable=False),
 )
+
+profile_search = sa.Table(
+    "profile_search",
+    metadata,
+    # What the people search finds a surviving profile by, one row per profile that has
+    # anything to find (names, emails, phones, identifiers other than anonymous and device
+    # ids, a company): derived by the `profile_search` batch stage (`search_index.py`).
+    # The profile's `created_seq`: results come newest person first, and on SQLite it is
+    # the row id the FTS5 index `profile_search_fts` (revision 0010) points at.
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("profile_id", PROFILE_ID, nullable=False),
+    # The summary a result shows, so a page of results reads no traits.
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("email", sa.String(255), nullable=True),
+    sa.Column("phone", sa.String(255), nullable=True),
+    sa.Column("company", sa.String(255), nullable=True),
+    # Space-separated index terms (`search_terms.py`). SQLite indexes them with FTS5,
+    # PostgreSQL with a GIN index over them as a tsvector, the generated column
+    # `document` (both in revision 0010).
+    sa.Column("terms", sa.Text, nullable=False),
+    sa.Index("ix_profile_search_profile_id", "profile_id", unique=True),
+)
+# What revision 0010 makes beside `profile_search` and a model cannot declare, one backend's
+# each: SQLite's FTS5 table (with the shadow tables FTS5 names after it), PostgreSQL's
+# generated tsvector column and its GIN index. Schema comparisons leave them out
+# (`store.schema.include_name`).
+SEARCH_INDEX_OBJECTS = (
+    "profile_search_fts",
+    "profile_search.document",
+    "ix_profile_search_document",
+)
+metadata.info.setdefault("unmodelled", set()).update(SEARCH_INDEX_OBJECTS)

@@ -92,3 +92,19 @@ class MergeOut(BaseModel):
     identifiers: list[str]
     message_id: str
     merged_at: datetime
+
+
+class ProfileSummary(BaseModel):
+    id: str
+    name: str | None = Field(description="The `name` trait, else first and last name.")
+    email: str | None
+    phone: str | None
+    company: str | None
+    updated_at: datetime
+
+
+class ProfileSearchPage(BaseModel):
+    items: list[ProfileSummary] = Field(
+        description="Exact identifier matches first, then the newest profiles first."
+    )
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")

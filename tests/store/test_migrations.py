@@ -14,14 +14,15 @@ from sqlalchemy.engine import Engine
 from tessera.errors import ConfigurationError, MigrationError, StoreError
 from tessera.store import create_store_engine, current_revision, head_revision, upgrade
 from tessera.store.engine import check_connection
-from tessera.store.schema import load_all_models
+from tessera.store.schema import include_name, load_all_models
 from tessera.store.types import UtcDateTime
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:
     with engine.connect() as conn:
         assert current_revision(conn) == head_revision()
-        assert compare_metadata(MigrationContext.configure(conn), load_all_models()) == []
+        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        assert compare_metadata(context, load_all_models()) == []
 
 
 def test_upgrade_is_idempotent(engine: Engine) -> None:

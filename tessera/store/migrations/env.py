@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from tessera.store.schema import load_all_models
+from tessera.store.schema import include_name, load_all_models
 
 config = context.config
 target_metadata = load_all_models()
@@ -19,6 +19,7 @@ def run_migrations_online() -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,7 +1,7 @@
 """schema: the catalog of events, properties and traits seen; counts for the dashboard
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04 10:00:00
 
 The schema batch stage tallies every applied batch (`schema_event_types`, `schema_fields`,
@@ -19,7 +19,7 @@ from alembic import op
 from tessera.store.types import UtcDateTime
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
