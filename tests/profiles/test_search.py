@@ -265,13 +265,13 @@ def test_upgrading_a_store_indexes_the_profiles_it_already_has(engine: Engine) -
     from tessera.store import upgrade
     from tessera.store.migrate import alembic_config
 
+    ingest(engine, [JO, ANN])
+    process(engine)  # a processor without the search stage: nothing indexed
     config = alembic_config()
-    with engine.connect() as conn:
+    with engine.connect() as conn:  # back to a store from before the search
         config.attributes["connection"] = conn
         command.downgrade(config, "0009")
         conn.commit()
-    ingest(engine, [JO, ANN])
-    process(engine)  # a processor from before the search: no stage, no table
     upgrade(engine)
     assert _found(engine, "smi") == [
         profile_id(engine, "user_id:u10"),
