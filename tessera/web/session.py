@@ -85,10 +85,14 @@ def page(permission: str) -> Callable[..., WebUser]:
     return check
 
 
-async def check_csrf(request: Request) -> None:
+async def check_csrf(request: Request, conn: ConnectionDep) -> None:
     """Every form post carries the session's CSRF token, as a field or (htmx) a header."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
+    # A route's own dependencies (`dependencies=[Depends(check_csrf)]`) run before those of
+    # its parameters, so the page's permission check has not read the session yet.
+    if not hasattr(request.state, "web_user"):
+        read_user(request, conn)
     user: WebUser | None = getattr(request.state, "web_user", None)
     expected = user.csrf_token if user else request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = request.headers.get("x-csrf-token", "")
