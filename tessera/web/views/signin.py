@@ -118,7 +118,7 @@ def login(
 async def logout(request: Request, conn: ConnectionDep, user: OptionalUser) -> Response:
     response = redirect("/", flash="You are signed out.")
     if user is not None:
-        await check_csrf(request)
+        await check_csrf(request, conn)
         signin.sign_out(
             conn,
             response,
