@@ -45,10 +45,11 @@ EVENT_TYPE_LABELS = {
 }
 HASH_LABELS = [
     ("", "Send as it is"),
-    ("email", "Hash as an email (SHA-256)"),
-    ("phone", "Hash as a phone number (SHA-256)"),
-    ("sha256", "Hash as it is (SHA-256)"),
+    ("email", "Hash as email"),
+    ("phone", "Hash as phone"),
+    ("sha256", "Hash the value"),
 ]
+HASH_WORDS = {"email": "email, SHA-256", "phone": "phone, SHA-256", "sha256": "SHA-256"}
 assert {value for value, _ in HASH_LABELS if value} == set(HASHES)
 # Suggestions for the mapping's source fields (a <datalist>); any dotted path works.
 SOURCE_SUGGESTIONS = [
@@ -435,13 +436,12 @@ def describe_subscriptions(doc: Any, audience_names: dict[str, str]) -> list[str
 
 def describe_mapping(doc: Any) -> list[str]:
     rows, only_mapped = mapping_rows(doc)
-    hashes = dict(HASH_LABELS)
     lines = []
     for row in rows:
         target = row.target or row.source
         text = f"{row.source} → {target}"
         if row.hash:
-            text += f" ({hashes[row.hash].lower()})"
+            text += f" (hashed as {HASH_WORDS[row.hash]})"
         lines.append(text)
     if rows and only_mapped:
         lines.append("Only these fields are sent.")

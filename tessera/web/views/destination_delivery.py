@@ -28,6 +28,7 @@ from tessera.web.views.destinations import (
 router = APIRouter(prefix="/destinations", include_in_schema=False)
 NAV: list[NavItem] = []
 PAGE = 50
+CALLS = {"page": "Page view", "screen": "Screen view", "identify": "Identify", "group": "Group"}
 STATES = [
     ("", "Any status"),
     ("delivered", "Delivered"),
@@ -42,9 +43,12 @@ def subject(message: dict[str, Any]) -> str:
     payload = message["payload"] if isinstance(message["payload"], dict) else {}
     kind = str(message["kind"])
     if kind == "event":
-        name = str(payload.get("event") or payload.get("name") or "")
         kind_name = str(payload.get("type") or "event")
-        return f"{kind_name}: {name}" if name else kind_name
+        name = str(payload.get("event") or payload.get("name") or "")
+        if kind_name == "track" and name:
+            return name
+        label = CALLS.get(kind_name, kind_name.capitalize())
+        return f"{label}: {name}" if name else label
     if kind.startswith("audience."):
         audience = payload.get("audience") or {}
         verb = "Entered" if kind.endswith("entered") else "Left"
