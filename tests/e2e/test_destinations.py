@@ -22,11 +22,8 @@ from tests.e2e.conftest import People, assert_accessible, sign_in
 def web_settings(tmp_path: Path) -> Settings:
     """Retries and pauses in fractions of a second, and messages that give up after four,
     so failures become dead letters while the test watches."""
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tessera.db'}",
-        processor_mode="thread",
-        **{**FAST, "delivery_max_age_seconds": 4.0},
-    )
+    base = Settings(database_url=f"sqlite:///{tmp_path / 'tessera.db'}", processor_mode="thread")
+    return base.model_copy(update={**FAST, "delivery_max_age_seconds": 4.0})
 
 
 def create_webhook(page: Page, web: LiveTessera, name: str, url: str) -> str:

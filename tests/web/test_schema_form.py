@@ -5,9 +5,10 @@ form without any code of its own in the web layer."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -31,7 +32,7 @@ from tests.conftest import LiveTessera
 from tests.web.test_destinations_pages import Admin, Person, error_of
 
 
-class Region(str, Enum):
+class Region(StrEnum):
     EU = "eu"
     US = "us"
 
@@ -75,24 +76,30 @@ class CRMDestination(Destination):
         return None
 
 
-class Posted(dict[str, list[str]]):
+class Posted:
     """A posted form as Starlette gives it: `get` the last value, `getlist` them all."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        values = self[key] if key in self else []
-        return values[-1] if values else default
+    def __init__(self, values: dict[str, list[str]] | None = None) -> None:
+        self.values = dict(values or {})
+
+    def __setitem__(self, key: str, value: list[str]) -> None:
+        self.values[key] = value
+
+    def get(self, key: str) -> Any:
+        found = self.values.get(key, [])
+        return found[-1] if found else None
 
     def getlist(self, key: str) -> list[str]:
-        return list(self[key]) if key in self else []
+        return list(self.values.get(key, []))
 
 
 def as_posted(fields: list[FormField], shown: dict[str, Any]) -> Posted:
     """What a browser posts for a form showing `shown` (unticked boxes are absent)."""
     posted = Posted()
     for item in walk(fields):
-        value = shown.get(item.name)
         if item.kind == "group":
             continue
+        value = shown[item.name]
         if item.kind == "boolean":
             if value:
                 posted[item.name] = ["true"]
@@ -243,7 +250,7 @@ def test_errors_land_on_their_field_in_words() -> None:
 @pytest.fixture
 def acme_installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Acme's plugin registered in the destinations' entry-point group, beside ours."""
-    real = plugins.entry_points
+    real = importlib.metadata.entry_points
 
     class Entry:
         name = "acme_crm"
@@ -256,7 +263,7 @@ def acme_installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         found = list(real(group=group))
         return [*found, Entry()] if group == plugins.ENTRY_POINT_GROUP else found
 
-    monkeypatch.setattr(plugins, "entry_points", entry_points)
+    monkeypatch.setattr("tessera.activation.plugins.entry_points", entry_points)
     yield
 
 
