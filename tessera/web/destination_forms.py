@@ -413,7 +413,9 @@ def describe_subscriptions(doc: Any, audience_names: dict[str, str]) -> list[str
             types = item.get("event_types") or []
             names = item.get("event_names") or []
             what = "All events" if not types and not names else "Events"
-            if types:
+            if len(types) == 1:
+                what = f"{types[0].capitalize()} events"
+            elif types:
                 what += " of type " + ", ".join(types)
             if names:
                 what += " named " + _quoted(names)

@@ -579,6 +579,8 @@ def test_the_delivery_log_pages_and_filters(fast: LiveTessera) -> None:
     second = marketer.get(unescape(match.group(1)))
     assert second.count("<tr>") == 6 and 'rel="next"' not in second
     assert "No message here has this status" in marketer.get(f"{base}/log?state=blocked")
+    every = marketer.get(f"{base}/log")
+    assert every.count("<tr>") == 51 and 'rel="next"' in every
     listing = marketer.get("/destinations")
     assert re.search(r'<td class="num">55</td>', listing)
     assert 'id="spark-' in listing

@@ -113,7 +113,14 @@
   });
 
   // A form marked data-autosubmit submits when one of its fields changes (list filters).
+  // A box marked data-check-all="name" ticks or unticks every box named `name`.
   document.addEventListener("change", (event) => {
+    const all = event.target.closest("input[data-check-all]");
+    if (all) {
+      document.querySelectorAll(`input[type=checkbox][name="${all.dataset.checkAll}"]`)
+        .forEach((box) => { box.checked = all.checked; });
+      return;
+    }
     const form = event.target.closest("form[data-autosubmit]");
     if (form) form.requestSubmit();
   });

@@ -103,8 +103,8 @@ def save_settings(
     user: Writer,
     form: Form,
 ) -> Response:
-    destination = service.get_destination(conn, destination_id=destination_id)
-    kind = detail_context(conn, user, destination_id, "settings")["kind"]
+    context = detail_context(conn, user, destination_id, "settings")
+    destination, kind = context["destination"], context["kind"]
     if kind is None:
         raise BadRequest(
             f"the plugin {destination['type']!r} is not installed, so its settings cannot be "

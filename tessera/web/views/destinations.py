@@ -84,8 +84,9 @@ def detail_context(
     conn: Connection, user: WebUser, destination_id: str, tab: str
 ) -> dict[str, Any]:
     """What every tab of a destination shows in its header."""
-    destination = service.get_destination(conn, destination_id=destination_id)
-    kind = destination_types().get(destination["type"])
+    types = destination_types()
+    destination = service.get_destination(conn, destination_id=destination_id, types=types)
+    kind = types.get(destination["type"])
     return {
         "destination": destination,
         "kind": kind,
@@ -102,12 +103,18 @@ def waking(response: Response, request: Request) -> Response:
 
 
 def chart_points(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """An hourly series as chart data: ISO labels (shown in the reader's time zone)."""
+    """An hourly series as chart data: ISO labels (shown in the reader's time zone), and
+    latency in seconds when some hour's mean reaches two (ms below)."""
+    latency = [point["latency_ms_mean"] for point in points]
+    seconds = max((value for value in latency if value is not None), default=0) >= 2000
     return {
         "labels": [point["hour"].isoformat().replace("+00:00", "Z") for point in points],
         "sent": [point["sent"] for point in points],
         "failed": [point["failed"] for point in points],
-        "latency": [point["latency_ms_mean"] for point in points],
+        "latency": [
+            round(value / 1000, 2) if seconds and value is not None else value for value in latency
+        ],
+        "latency_unit": "s" if seconds else "ms",
     }
 
 
@@ -116,8 +123,8 @@ def chart_points(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 @router.get("")
 def list_page(request: Request, conn: ConnectionDep, user: Reader) -> Response:
-    found = service.list_destinations(conn)
     types = destination_types()
+    found = service.list_destinations(conn, types=types)
     series = hourly_activity(
         conn, destination_ids=[d["id"] for d in found], hours=24, now=datetime.now(UTC)
     )
