@@ -278,6 +278,11 @@ def apply_subscription_action(rows: list[SubscriptionRow], action: str) -> list[
     return rows
 
 
+def added_rule(rows: list[SubscriptionRow], action: str) -> int | None:
+    """The number of the rule an editor action just added (it takes the focus)."""
+    return len(rows) - 1 if action in ("add-events", "add-audience", "add-traits") else None
+
+
 # ---------- mapping ----------
 
 

@@ -39,6 +39,7 @@ def create_webhook(page: Page, web: LiveTessera, name: str, url: str) -> str:
     page.get_by_label("Name").fill(name)
     page.get_by_label("URL").fill(url)
     page.get_by_role("button", name="Events").click()  # htmx adds an events rule
+    expect(page.get_by_label("Track (actions)")).to_be_focused()
     names = page.get_by_label("Event names")
     expect(names).to_be_visible()
     names.fill("Order Completed")

@@ -173,6 +173,7 @@ def _subscriptions_page(
     destination_id: str,
     *,
     rows: list[forms.SubscriptionRow] | None = None,
+    focus: int | None = None,
     errors: dict[str, str] | None = None,
     status: int = 200,
     block: str | None = None,
@@ -189,6 +190,7 @@ def _subscriptions_page(
             if rows is not None
             else forms.subscription_rows(destination["subscriptions"]),
             "errors": errors or {},
+            "focus": focus,
             "audiences": [{"id": key, "name": value} for key, value in names.items()],
             "event_types": forms.EVENT_TYPE_LABELS,
             "operators": forms.OPERATORS,
@@ -222,7 +224,13 @@ def save_subscriptions(
     if action:
         rows = forms.apply_subscription_action(rows, action)
         return _subscriptions_page(
-            request, conn, user, destination_id, rows=rows, block="subscriptions_editor"
+            request,
+            conn,
+            user,
+            destination_id,
+            rows=rows,
+            focus=forms.added_rule(rows, action),
+            block="subscriptions_editor",
         )
     errors: dict[str, str] = {}
     document = forms.subscriptions_document(rows, errors)

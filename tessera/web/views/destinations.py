@@ -167,6 +167,7 @@ def _create_page(
     name: str = "",
     shown: dict[str, Any] | None = None,
     rows: list[forms.SubscriptionRow] | None = None,
+    focus: int | None = None,
     consent: str = "",
     errors: dict[str, str] | None = None,
     status: int = 200,
@@ -183,6 +184,7 @@ def _create_page(
             "name": name,
             "rows": rows or [],
             "consent": consent,
+            "focus": focus,
             "errors": errors or {},
             "audiences": service.audience_choices(conn),
             "event_types": forms.EVENT_TYPE_LABELS,
@@ -225,6 +227,7 @@ def create_destination(
             name=name,
             shown=read.shown,
             rows=rows,
+            focus=forms.added_rule(rows, action),
             consent=consent,
             block="subscriptions_editor",
         )
