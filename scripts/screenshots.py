@@ -141,7 +141,11 @@ def shoot(base: str, targets: list[tuple[str, str, int]], out: Path, chromium: s
             page.set_viewport_size({"width": width, "height": 860 if width > 600 else 844})
             page.goto(base + path)
             page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+            # The viewport grows to the page's height, so the fixed sidebar spans it too.
+            height = page.evaluate("document.documentElement.scrollHeight")
+            page.set_viewport_size({"width": width, "height": min(max(height, 800), 4000)})
+            page.wait_for_timeout(150)
+            page.screenshot(path=str(out / f"{name}.png"))
             print(f"screenshots: {name}.png  {path}")
         browser.close()
 

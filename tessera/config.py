@@ -128,6 +128,15 @@ class Settings(BaseSettings):
             "accepting events within this time."
         ),
     )
+    source_refusals_kept: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Refused messages kept per source, newest first, for its live view; older ones "
+            "are deleted as new ones come."
+        ),
+    )
     cors_allow_origins: list[str] = Field(
         default=["*"],
         description="Origins allowed to call the tracking API (/v1) from a browser.",
@@ -309,11 +318,39 @@ class Settings(BaseSettings):
             "delivery worker deletes it and the job shows `expired`."
         ),
     )
+    schema_minutes_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description=(
+            "How long the counts of events per minute and source (the Home dashboard's "
+            "chart) are kept; older minutes are pruned an hour at a time."
+        ),
+    )
+    schema_context_sample: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "The schema catalog reads the context fields (campaign, page, device, ...) of 1 "
+            "event in this many, chosen by its position in the log; 1 reads every event's, "
+            "at about the cost of the rest of the catalog again."
+        ),
+    )
+    schema_recount_max_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "The longest wait between two recounts of profiles, identified profiles and "
+            "audience sizes (the dashboard's figures, shown with the time of the count). A "
+            "recount runs in steps on the worker's loop; the next starts 100 times its own "
+            "duration later, at least 10 s, at most this."
+        ),
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,
         description=(
-            "The key that stored secrets (destination signing secrets, write keys) are "
+            "The key that stored secrets (destinations' signing secrets and credentials; "
+            "write keys are hashed, not stored) are "
             "encrypted with: 32 url-safe base64-encoded bytes, as `tessera secrets "
             "generate-key` prints. Several, comma-separated and newest first, during a key "
             "rotation: the first encrypts, any decrypts (`tessera secrets rotate`). Required "

@@ -30,6 +30,8 @@ MODEL_MODULES = (
     "tessera.audit.models",
     "tessera.audiences.models",
     "tessera.activation.models",
+    "tessera.web.models",
+    "tessera.schema.models",
 )
 
 

@@ -86,14 +86,11 @@ def page(permission: str) -> Callable[..., WebUser]:
 
 
 async def check_csrf(request: Request, conn: ConnectionDep) -> None:
-    """Every form post carries the session's CSRF token, as a field or (htmx) a header."""
+    """Every form post carries the session's CSRF token, as a field or (htmx) a header.
+    Before sign-in, the token is the double-submit cookie's."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
-    # A route's own dependencies (`dependencies=[Depends(check_csrf)]`) run before those of
-    # its parameters, so the page's permission check has not read the session yet.
-    if not hasattr(request.state, "web_user"):
-        read_user(request, conn)
-    user: WebUser | None = getattr(request.state, "web_user", None)
+    user = getattr(request.state, "web_user", None) or read_user(request, conn)
     expected = user.csrf_token if user else request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = request.headers.get("x-csrf-token", "")
     if not sent and request.headers.get("content-type", "").startswith(

@@ -89,9 +89,25 @@
     });
   }
 
+  function sparklines(root) {
+    if (!window.Chart) return;
+    root.querySelectorAll("canvas[data-sparkline]").forEach((canvas) => {
+      if (canvas.dataset.drawn) return;
+      canvas.dataset.drawn = "1";
+      const values = JSON.parse(canvas.dataset.sparkline);
+      new window.Chart(canvas, {
+        type: "line",
+        data: { labels: values.map((_, i) => i), datasets: [{ data: values, borderColor: palette[0], borderWidth: 1.5, pointRadius: 0, tension: 0.3 }] },
+        options: { responsive: false, animation: false, events: [], plugins: { legend: { display: false }, tooltip: { enabled: false } },
+                   scales: { x: { display: false }, y: { display: false } } },
+      });
+    });
+  }
+
   function enhance(root) {
     localTimes(root);
     charts(root);
+    sparklines(root);
   }
 
   document.addEventListener("click", (event) => {

@@ -1,7 +1,7 @@
 """activation: delivery figures per destination and hour, for the delivery charts
 
 Revision ID: 0016
-Revises: 0009
+Revises: 0014
 Create Date: 2026-12-03 18:00:00
 
 `destination_hours` holds what `destination_counters` holds in all (sent, failed attempts,
@@ -18,7 +18,7 @@ from alembic import op
 from tessera.store.types import UtcDateTime
 
 revision = "0016"
-down_revision = "0009"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
