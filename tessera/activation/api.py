@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 
-from tessera.activation import service
+from tessera.activation import manage, service
 from tessera.activation.schemas import (
     ConnectionCheckOut,
     DestinationIn,
@@ -21,7 +21,6 @@ from tessera.activation.schemas import (
     ReplayOut,
 )
 from tessera.api.deps import ConnectionDep, KeyringDep, Principal, client_ip, require
-from tessera.audit.service import record
 
 router = APIRouter(prefix="/api/v1", tags=["destinations"])
 Reader = Annotated[Principal, Depends(require("destinations:read"))]
@@ -30,24 +29,6 @@ Cursor = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Messages per page.")]
-
-
-def _audit(
-    conn: ConnectionDep,
-    request: Request,
-    principal: Principal,
-    action: str,
-    target: str,
-    **details: Any,
-) -> None:
-    record(
-        conn,
-        actor=principal.actor,
-        action=action,
-        target=f"destination:{target}",
-        ip=client_ip(request),
-        details=details or None,
-    )
 
 
 @router.get(
@@ -76,11 +57,13 @@ def create_destination(
 ) -> dict[str, Any]:
     """From now on, what it subscribed to is queued for it as the processor commits. Its
     secrets are stored encrypted and never shown back."""
-    destination = service.create_destination(
-        conn, **body.model_dump(), actor=principal.actor, keyring=keyring
+    return manage.create_destination(
+        conn,
+        actor=principal.actor,
+        ip=client_ip(request),
+        keyring=keyring,
+        **body.model_dump(),
     )
-    _audit(conn, request, principal, "destination.create", destination["id"], name=body.name)
-    return destination
 
 
 @router.get(
@@ -104,12 +87,14 @@ def update_destination(
     keyring: KeyringDep,
     principal: Writer,
 ) -> dict[str, Any]:
-    changes = body.model_dump(exclude_unset=True)
-    destination = service.update_destination(
-        conn, destination_id=destination_id, changes=changes, keyring=keyring
+    return manage.update_destination(
+        conn,
+        actor=principal.actor,
+        ip=client_ip(request),
+        keyring=keyring,
+        destination_id=destination_id,
+        changes=body.model_dump(exclude_unset=True),
     )
-    _audit(conn, request, principal, "destination.update", destination_id, fields=sorted(changes))
-    return destination
 
 
 @router.delete("/destinations/{destination_id}", status_code=204, summary="Delete a destination")
@@ -117,8 +102,9 @@ def delete_destination(
     destination_id: str, request: Request, conn: ConnectionDep, principal: Writer
 ) -> None:
     """Its queue and dead letters go with it."""
-    service.delete_destination(conn, destination_id=destination_id)
-    _audit(conn, request, principal, "destination.delete", destination_id)
+    manage.delete_destination(
+        conn, actor=principal.actor, ip=client_ip(request), destination_id=destination_id
+    )
 
 
 @router.post(
@@ -141,9 +127,9 @@ async def test_destination(
 def resume_destination(
     destination_id: str, request: Request, conn: ConnectionDep, principal: Writer
 ) -> dict[str, Any]:
-    destination = service.resume_destination(conn, destination_id=destination_id)
-    _audit(conn, request, principal, "destination.resume", destination_id)
-    return destination
+    return manage.resume_destination(
+        conn, actor=principal.actor, ip=client_ip(request), destination_id=destination_id
+    )
 
 
 @router.get(
@@ -153,16 +139,23 @@ def resume_destination(
 )
 def list_messages(
     destination_id: str,
+    *,
     conn: ConnectionDep,
-    _: Reader,
+    principal: Reader,
     state: Annotated[
         str | None, Query(description="pending, delivered, dead or blocked (consent).")
     ] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
+    """Personal data in the payloads is masked for roles without `pii:read`."""
     return service.list_messages(
-        conn, destination_id=destination_id, state=state, cursor=cursor, limit=limit
+        conn,
+        destination_id=destination_id,
+        state=state,
+        cursor=cursor,
+        limit=limit,
+        may_read_pii=principal.may("pii:read"),
     )
 
 
@@ -172,10 +165,19 @@ def list_messages(
     summary="Messages that could not be delivered, with their reasons",
 )
 def list_dead_letters(
-    destination_id: str, conn: ConnectionDep, _: Reader, cursor: Cursor = None, limit: Limit = 50
+    destination_id: str,
+    conn: ConnectionDep,
+    principal: Reader,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict[str, Any]:
     return service.list_messages(
-        conn, destination_id=destination_id, state="dead", cursor=cursor, limit=limit
+        conn,
+        destination_id=destination_id,
+        state="dead",
+        cursor=cursor,
+        limit=limit,
+        may_read_pii=principal.may("pii:read"),
     )
 
 
@@ -187,21 +189,23 @@ def list_dead_letters(
 def replay_dead_letters(
     destination_id: str,
     body: ReplayIn,
+    *,
     request: Request,
     conn: ConnectionDep,
     principal: Writer,
+    background: BackgroundTasks,
 ) -> dict[str, int]:
     settings = request.app.state.settings
-    result = service.replay_dead_letters(
+    result = manage.replay_dead_letters(
         conn,
+        actor=principal.actor,
+        ip=client_ip(request),
         destination_id=destination_id,
         ids=body.ids,
         max_age=timedelta(seconds=settings.delivery_max_age_seconds),
     )
-    _audit(conn, request, principal, "destination.replay", destination_id, **result)
-    wake = getattr(request.app.state, "wake_delivery", None)
-    if wake is not None:
-        wake()
+    # After the response, so after the commit: the worker finds them when it looks.
+    background.add_task(manage.wake_delivery, request.app.state)
     return result
 
 
@@ -213,8 +217,17 @@ def replay_dead_letters(
 def replay_dead_letter(
     destination_id: str,
     message_id: int,
+    *,
     request: Request,
     conn: ConnectionDep,
     principal: Writer,
+    background: BackgroundTasks,
 ) -> dict[str, int]:
-    return replay_dead_letters(destination_id, ReplayIn(ids=[message_id]), request, conn, principal)
+    return replay_dead_letters(
+        destination_id,
+        ReplayIn(ids=[message_id]),
+        request=request,
+        conn=conn,
+        principal=principal,
+        background=background,
+    )

@@ -233,7 +233,8 @@ class Deliverer:
         retention = timedelta(hours=self._settings.delivery_log_retention_hours)
         try:
             with self._engine.begin() as conn:
-                store.prune(conn, before=self._clock() - retention)
+                now = self._clock()
+                store.prune(conn, before=now - retention, now=now)
             if self._housekeeping is not None:
                 self._housekeeping()
         except Exception as exc:

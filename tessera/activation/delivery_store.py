@@ -17,6 +17,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tessera.activation.activity import add_hour, prune_hours
 from tessera.activation.models import destination_counters, destination_state, destinations, outbox
 from tessera.identity.models import identities
 from tessera.profiles.models import profile_consent, profile_traits, profiles
@@ -291,17 +292,15 @@ def record(
             f"last_error = {mark}, last_status = {mark} WHERE id = {mark}",
             [(at, error[:2000], status, oid) for oid, (error, status) in outcomes.dead.items()],
         )
-    add_counts(
-        conn,
-        destination_id,
-        {
-            "sent": len(outcomes.delivered),
-            "failed": len(outcomes.retry) + len(outcomes.dead),
-            "dead": len(outcomes.dead),
-            "blocked": len(outcomes.blocked),
-            "latency_ms": round(outcomes.latency_ms),
-        },
-    )
+    counts = {
+        "sent": len(outcomes.delivered),
+        "failed": len(outcomes.retry) + len(outcomes.dead),
+        "dead": len(outcomes.dead),
+        "blocked": len(outcomes.blocked),
+        "latency_ms": round(outcomes.latency_ms),
+    }
+    add_counts(conn, destination_id, counts)
+    add_hour(conn, destination_id, counts, now=now)
     state = destination_state.c
     values: dict[str, Any] = {}
     if outcomes.calls_ok:
@@ -384,16 +383,19 @@ def expire(conn: Connection, destination_id: str, *, now: datetime) -> int:
             )
         )
     add_counts(conn, destination_id, {"dead": len(expired)})
+    add_hour(conn, destination_id, {"dead": len(expired)}, now=now)
     return len(expired)
 
 
-def prune(conn: Connection, *, before: datetime) -> int:
-    """Forget delivered and consent-blocked messages older than the log's retention."""
+def prune(conn: Connection, *, before: datetime, now: datetime) -> int:
+    """Forget delivered and consent-blocked messages older than the log's retention, and
+    the hourly figures older than the charts show."""
     result = conn.execute(
         outbox.delete().where(
             outbox.c.state.in_((DELIVERED, BLOCKED)), outbox.c.finished_at < before
         )
     )
+    prune_hours(conn, now=now)
     return int(result.rowcount or 0)
 
 

@@ -1,6 +1,6 @@
 """Tables of activation: destinations (people's decisions), their runtime state, the
-outbox (every message, from enqueued to delivered or dead), counters, the cursor over the
-audience change stream, and audience export jobs."""
+outbox (every message, from enqueued to delivered or dead), counters (in all and per hour),
+the cursor over the audience change stream, and audience export jobs."""
 
 from __future__ import annotations
 
@@ -91,6 +91,19 @@ destination_counters = sa.Table(
     sa.Column("destination_id", DESTINATION_ID, primary_key=True),
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+destination_hours = sa.Table(
+    "destination_hours",
+    metadata,
+    # The same figures per hour (UTC, truncated), for the delivery charts: one row per
+    # destination and hour that saw a delivery attempt; kept for `activity.KEEP_DAYS`.
+    sa.Column("destination_id", DESTINATION_ID, primary_key=True),
+    sa.Column("hour", UtcDateTime, primary_key=True),
+    sa.Column("sent", sa.BigInteger, nullable=False),
+    sa.Column("failed", sa.BigInteger, nullable=False),
+    sa.Column("dead", sa.BigInteger, nullable=False),
+    sa.Column("latency_ms", sa.BigInteger, nullable=False),  # summed over `sent`
 )
 
 activation_cursor = sa.Table(

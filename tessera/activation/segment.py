@@ -42,7 +42,10 @@ class SegmentConfig(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parsed = httpx.URL(value)
+        try:
+            parsed = httpx.URL(value)
+        except httpx.InvalidURL:  # not a ValueError: pydantic would not report it
+            raise ValueError(f"{value!r} is not an http:// or https:// URL") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value.rstrip("/")

@@ -25,6 +25,7 @@ from tessera.activation import delivery_store as store
 from tessera.activation.mapping import parse_mapping
 from tessera.activation.models import (
     destination_counters,
+    destination_hours,
     destination_state,
     destinations,
     outbox,
@@ -43,6 +44,7 @@ from tessera.activation.subscriptions import parse_subscriptions
 from tessera.audiences.models import audience_members, audiences
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.processor.models import hold_processor
+from tessera.profiles.masking import mask_event, mask_traits
 from tessera.store.secrets import (
     Keyring,
     SecretUnreadable,
@@ -224,6 +226,14 @@ def _sync_members(
     return queued
 
 
+def audience_choices(conn: Connection, *, limit: int = 1000) -> list[dict[str, str]]:
+    """The audiences a subscription may name, by name (id and name only)."""
+    rows = conn.execute(
+        sa.select(audiences.c.id, audiences.c.name).order_by(audiences.c.name).limit(limit)
+    )
+    return [{"id": row.id, "name": row.name} for row in rows]
+
+
 def _row(conn: Connection, destination_id: str) -> Any:
     row = conn.execute(sa.select(destinations).where(destinations.c.id == destination_id)).first()
     if row is None:
@@ -288,24 +298,36 @@ def delete_destination(conn: Connection, *, destination_id: str) -> None:
     for table, column in (
         (outbox, outbox.c.destination_id),
         (destination_counters, destination_counters.c.destination_id),
+        (destination_hours, destination_hours.c.destination_id),
         (destination_state, destination_state.c.destination_id),
     ):
         conn.execute(table.delete().where(column == destination_id))
     conn.execute(destinations.delete().where(destinations.c.id == destination_id))
 
 
-def get_destination(conn: Connection, *, destination_id: str) -> dict[str, Any]:
+def get_destination(
+    conn: Connection,
+    *,
+    destination_id: str,
+    types: dict[str, DestinationType] | None = None,
+) -> dict[str, Any]:
+    """One destination; `types` (destination_types()) when the caller has them already."""
     row = _row(conn, destination_id)
-    return _describe(conn, row)
+    return _describe(conn, row, destination_types() if types is None else types)
 
 
-def list_destinations(conn: Connection) -> list[dict[str, Any]]:
+def list_destinations(
+    conn: Connection, *, types: dict[str, DestinationType] | None = None
+) -> list[dict[str, Any]]:
+    # The plugins are looked up once: finding them (entry points, JSON schemas) takes
+    # longer than describing a destination.
+    types = destination_types() if types is None else types
     rows = conn.execute(sa.select(destinations).order_by(destinations.c.name))
-    return [_describe(conn, row) for row in rows]
+    return [_describe(conn, row, types) for row in rows]
 
 
-def _describe(conn: Connection, row: Any) -> dict[str, Any]:
-    kind = destination_types().get(row.type)
+def _describe(conn: Connection, row: Any, types: dict[str, DestinationType]) -> dict[str, Any]:
+    kind = types.get(row.type)
     state = conn.execute(
         sa.select(destination_state).where(destination_state.c.destination_id == row.id)
     ).first()
@@ -360,15 +382,22 @@ def destination_stats(conn: Connection, *, destination_id: str) -> dict[str, Any
             outbox.c.attempts > 0,
         )
     ).scalar()
+    # The difference is taken by the database: reading 1,000 pairs of times back into
+    # Python datetimes cost most of a page's time.
+    if conn.dialect.name == "sqlite":
+        days = sa.func.julianday(outbox.c.finished_at) - sa.func.julianday(outbox.c.created_at)
+        waited = days * 86_400_000.0
+    else:
+        waited = sa.func.extract("epoch", outbox.c.finished_at - outbox.c.created_at) * 1000
     recent = [
-        (finished - created).total_seconds() * 1000
-        for created, finished in conn.execute(
-            sa.select(outbox.c.created_at, outbox.c.finished_at)
+        float(value)
+        for (value,) in conn.execute(
+            sa.select(waited)
             .where(outbox.c.destination_id == destination_id, outbox.c.state == store.DELIVERED)
             .order_by(outbox.c.id.desc())
             .limit(LATENCY_SAMPLE)
         )
-        if finished is not None
+        if value is not None
     ]
     recent.sort()
     latency_ms = counters.pop("latency_ms")
@@ -427,23 +456,43 @@ def list_messages(
     state: str | None,
     cursor: str | None,
     limit: int,
+    may_read_pii: bool = True,
 ) -> dict[str, Any]:
-    """The delivery log, newest first; `state` narrows it (dead: the dead letters)."""
+    """The delivery log, newest first; `state` narrows it (dead: the dead letters). Without
+    `may_read_pii` the payloads' personal data is masked as the profile API masks it."""
     _row(conn, destination_id)
     if state is not None and state not in STATES:
         raise BadRequest(f"unknown state {state!r}; use one of {', '.join(STATES)}")
-    query = sa.select(outbox).where(outbox.c.destination_id == destination_id)
-    if state is not None:
-        query = query.where(outbox.c.state == state)
-    if cursor is not None:
-        query = query.where(outbox.c.id < _decode(cursor))
-    rows = list(conn.execute(query.order_by(outbox.c.id.desc()).limit(limit + 1)))
-    items = [_message(row) for row in rows[:limit]]
+    before = _decode(cursor) if cursor is not None else None
+    # One indexed range per state, merged: the index is (destination, state, id), so asking
+    # for every state at once would sort all of a destination's messages to find a page.
+    rows: list[Any] = []
+    for each in [state] if state is not None else STATES:
+        query = sa.select(outbox).where(
+            outbox.c.destination_id == destination_id, outbox.c.state == each
+        )
+        if before is not None:
+            query = query.where(outbox.c.id < before)
+        rows.extend(conn.execute(query.order_by(outbox.c.id.desc()).limit(limit + 1)))
+    rows.sort(key=lambda row: row.id, reverse=True)
+    del rows[limit + 1 :]
+    items = [_message(row, masked=not may_read_pii) for row in rows[:limit]]
     more = len(rows) > limit
     return {"items": items, "next_cursor": _encode(rows[limit - 1].id) if more else None}
 
 
-def _message(row: Any) -> dict[str, Any]:
+def _masked(kind: str, payload: Any) -> Any:
+    if not isinstance(payload, dict):
+        return payload
+    if kind == "event":
+        return mask_event(payload)
+    if kind == "traits.changed" and isinstance(payload.get("traits"), dict):
+        return {**payload, "traits": mask_traits(payload["traits"])}
+    return payload  # audience entries and exits name the audience, not the person
+
+
+def _message(row: Any, *, masked: bool = False) -> dict[str, Any]:
+    payload = orjson.loads(row.payload)
     return {
         "id": row.id,
         "message_id": row.message_id,
@@ -458,7 +507,7 @@ def _message(row: Any) -> dict[str, Any]:
         "finished_at": row.finished_at,
         "last_error": row.last_error,
         "last_status": row.last_status,
-        "payload": orjson.loads(row.payload),
+        "payload": _masked(row.kind, payload) if masked else payload,
     }
 
 

@@ -36,7 +36,18 @@
     });
   }
 
-  // Charts: <canvas data-chart='{"type", "labels", "datasets"}'>.
+  // Charts: <canvas data-chart='{"type", "labels", "datasets", options}'> (ui.chart).
+  // Time labels arrive as ISO moments in UTC and are shown in the reader's zone: hours
+  // within a day, the day and hour beyond.
+  const numberFormat = new Intl.NumberFormat();
+  function timeLabels(labels) {
+    const moments = labels.map((text) => new Date(text));
+    const span = moments.length > 1 ? moments[moments.length - 1] - moments[0] : 0;
+    const format = new Intl.DateTimeFormat(undefined, span > 86400000
+      ? { weekday: "short", hour: "2-digit", minute: "2-digit" }
+      : { hour: "2-digit", minute: "2-digit" });
+    return moments.map((moment) => (Number.isNaN(moment.getTime()) ? "" : format.format(moment)));
+  }
   const palette = ["#5443e8", "#16a37f", "#e8833a", "#d6336c", "#1c7ed6", "#8a5a00", "#7048e8", "#2b8a3e"];
   function charts(root) {
     if (!window.Chart) return;
@@ -44,11 +55,7 @@
       if (canvas.dataset.drawn) return;
       canvas.dataset.drawn = "1";
       const spec = JSON.parse(canvas.dataset.chart);
-      if (spec.timeLabels) {
-        // ISO times in UTC on the axis, shown as the reader's local time of day.
-        const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-        spec.labels = spec.labels.map((label) => clock.format(new Date(label)));
-      }
+      const labels = spec.timeLabels ? timeLabels(spec.labels) : spec.labels;
       const datasets = spec.datasets.map((set, index) => {
         const colour = set.color || palette[index % palette.length];
         return {
@@ -61,18 +68,26 @@
           ...set,
         };
       });
+      const unit = spec.unit ? " " + spec.unit : "";
+      const spark = Boolean(spec.sparkline);
       new window.Chart(canvas, {
         type: spec.type,
-        data: { labels: spec.labels, datasets },
+        data: { labels, datasets },
         options: {
           responsive: true,
           maintainAspectRatio: false,
           animation: false,
           interaction: { mode: "index", intersect: false },
-          plugins: { legend: { display: datasets.length > 1, position: "bottom", labels: { boxWidth: 10 } } },
+          plugins: {
+            legend: { display: datasets.length > 1 && !spark, position: "bottom", labels: { boxWidth: 10 } },
+            tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${numberFormat.format(item.parsed.y)}${unit}` } },
+          },
           scales: spec.type === "doughnut" ? {} : {
-            x: { grid: { display: false }, ticks: { maxTicksLimit: 8, color: "#5f6680" } },
-            y: { beginAtZero: true, grid: { color: "#eceef5" }, ticks: { maxTicksLimit: 5, color: "#5f6680", precision: 0 } },
+            x: { display: !spark, stacked: Boolean(spec.stacked), grid: { display: false }, ticks: { maxTicksLimit: 8, color: "#5f6680", maxRotation: 0 } },
+            y: {
+              display: !spark, stacked: Boolean(spec.stacked), beginAtZero: true, grid: { color: "#eceef5" },
+              ticks: { maxTicksLimit: 5, color: "#5f6680", precision: 0, callback: (value) => numberFormat.format(value) + unit },
+            },
           },
         },
       });
@@ -148,7 +163,14 @@
   });
 
   // A form marked data-autosubmit submits when one of its fields changes (list filters).
+  // A box marked data-check-all="name" ticks or unticks every box named `name`.
   document.addEventListener("change", (event) => {
+    const all = event.target.closest("input[data-check-all]");
+    if (all) {
+      document.querySelectorAll(`input[type=checkbox][name="${all.dataset.checkAll}"]`)
+        .forEach((box) => { box.checked = all.checked; });
+      return;
+    }
     const form = event.target.closest("form[data-autosubmit]");
     if (form) form.requestSubmit();
   });
