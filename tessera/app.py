@@ -20,6 +20,7 @@ from tessera.api import health
 from tessera.api.security import SecurityMiddleware
 from tessera.audiences import api as audiences_api
 from tessera.audiences import service as audience_service
+from tessera.audiences import trends_api as audience_trends_api
 from tessera.audit import api as audit_api
 from tessera.auth import api as auth_api
 from tessera.auth.tokens import TokenCache
@@ -148,6 +149,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.include_router(auth_api.router)
     app.include_router(audit_api.router)
     app.include_router(audiences_api.traits_router)
+    app.include_router(audience_trends_api.router)  # before /{audience_id}: see its docstring
     app.include_router(audiences_api.audiences_router)
     app.include_router(exports_api.router)
     app.include_router(destinations_api.router)

@@ -1,5 +1,6 @@
-"""Tables of audiences: definitions (people's decisions), current members, membership
-history, the published change stream, and the time-based re-evaluation schedule."""
+"""Tables of audiences: definitions (people's decisions), current members and their count,
+membership history, the published change stream, hourly size snapshots, and the time-based
+re-evaluation schedule."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ audiences = sa.Table(
     # The build walks profiles in id order; the last id evaluated, and how many so far.
     sa.Column("build_cursor", sa.String(32), nullable=False, default=""),
     sa.Column("built_profiles", sa.BigInteger, nullable=False, default=0),
+    # Surviving profiles when the build began (its first step counts them): what
+    # `built_profiles` is a fraction of, so progress is read without counting profiles.
+    sa.Column("build_total", sa.BigInteger, nullable=False, default=0, server_default="0"),
     sa.Column("created_by", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
@@ -54,12 +58,36 @@ audience_changes = sa.Table(
     metadata,
     # The published stream activation consumes in `seq` order: one row per entry or exit.
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("audience_id", AUDIENCE_ID, nullable=False, index=True),
+    sa.Column("audience_id", AUDIENCE_ID, nullable=False),
     sa.Column("profile_id", PROFILE_ID, nullable=False),
     sa.Column("change", sa.String(8), nullable=False),  # "entered" | "exited"
     sa.Column("at", UtcDateTime, nullable=False),
     # What caused it: "event:<messageId>", "time", "merge:<survivor>", "definition".
     sa.Column("cause", sa.String(300), nullable=False),
+    # Entries and exits per day of one audience (`trends.daily_changes`) read a range of
+    # this index and nothing else (`change` makes it covering).
+    sa.Index("ix_audience_changes_audience_id_at", "audience_id", "at", "change"),
+)
+
+audience_sizes = sa.Table(
+    "audience_sizes",
+    metadata,
+    # Current members per audience, kept with every entry and exit in the same
+    # transaction (derived state: rebuild empties it), so a size is read, never counted.
+    sa.Column("audience_id", AUDIENCE_ID, primary_key=True),
+    sa.Column("members", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+audience_size_snapshots = sa.Table(
+    "audience_size_snapshots",
+    metadata,
+    # The size at the start of each hour (the first look of the worker job within it): one
+    # row per audience and hour, for the size trend. Observations, kept across rebuilds.
+    sa.Column("audience_id", AUDIENCE_ID, primary_key=True),
+    sa.Column("hour", UtcDateTime, primary_key=True),
+    sa.Column("members", sa.BigInteger, nullable=False),
+    sa.Column("taken_at", UtcDateTime, nullable=False),
 )
 
 evaluation_schedule = sa.Table(

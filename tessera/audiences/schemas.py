@@ -10,7 +10,7 @@ what JSON can spell but the store cannot hold.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -229,3 +229,50 @@ class PreviewOut(BaseModel):
         description="Event conditions no computed trait answers yet, computed from the events."
     )
     seconds: float
+
+
+# -- list pages and trends ----------------------------------------------------------------
+
+
+class TrendPoint(BaseModel):
+    at: datetime = Field(description="The hour of the snapshot (UTC).")
+    size: int = Field(description="Members at the start of that hour.")
+
+
+class AudienceOverviewOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    status: str = Field(description='"building" or "ready", as stored.')
+    phase: str = Field(
+        description='"backfilling" (its computed traits first), "waiting" (for audiences it '
+        'refers to), "building" (walking the profiles) or "ready".'
+    )
+    progress: float = Field(description="0 to 1, of the current phase; 1 when ready.")
+    size: int = Field(description="Current members.")
+    size_week_ago: int | None = Field(
+        description="The oldest snapshot of the last 7 days; null before the first snapshot."
+    )
+    trend: list[TrendPoint] = Field(description="The last snapshot of each of the last 7 days.")
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SizeTrendOut(BaseModel):
+    audience_id: str
+    size: int = Field(description="Current members.")
+    points: list[TrendPoint] = Field(
+        description="Hourly snapshots, oldest first; an hour without a running worker has none."
+    )
+
+
+class DayChanges(BaseModel):
+    day: date = Field(description="A UTC day.")
+    entered: int = Field(description="Profiles that entered the audience that day.")
+    exited: int = Field(description="Profiles that left it that day (merges included).")
+
+
+class DailyChangesOut(BaseModel):
+    audience_id: str
+    days: list[DayChanges] = Field(description="Every day of the range, oldest first.")

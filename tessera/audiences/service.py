@@ -25,18 +25,20 @@ from tessera.audiences.models import (
     audiences,
     evaluation_schedule,
 )
+from tessera.audiences.sizes import forget_audience, sizes_of
 from tessera.errors import BadRequest, Conflict, InvalidDefinition, NotFound
 from tessera.eventlog.models import events
 from tessera.processor.models import hold_processor
 from tessera.profiles.computed import parse_computed_trait
-from tessera.profiles.models import computed_trait_values, computed_traits, profiles
+from tessera.profiles.models import computed_trait_values, computed_traits
 
 
 def _dumps(document: Any) -> str:
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _log_head(conn: Connection) -> int:
+def log_head(conn: Connection) -> int:
+    """The newest event's position (a max over the primary key: one index probe)."""
     return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one())
 
 
@@ -54,13 +56,18 @@ def _trait_view(row: Any, *, head: int) -> dict[str, Any]:
         "backfill": {
             "through_seq": int(row.backfilled_through),
             "log_head_seq": head,
-            "progress": 1.0
-            if row.status == READY or head == 0
-            else round(min(1.0, int(row.backfilled_through) / head), 4),
+            "progress": backfill_progress(row.status, int(row.backfilled_through), head),
         },
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
+
+
+def backfill_progress(status: str, through: int, head: int) -> float:
+    """0 to 1: how much of the log a backfilling trait has replayed (1 once ready)."""
+    if status == READY or head == 0:
+        return 1.0
+    return round(min(1.0, through / head), 4)
 
 
 def list_computed_traits(
@@ -69,7 +76,7 @@ def list_computed_traits(
     query = sa.select(computed_traits).order_by(computed_traits.c.name)
     if not include_implicit:
         query = query.where(computed_traits.c.implicit.is_(False))
-    head = _log_head(conn)
+    head = log_head(conn)
     return [_trait_view(row, head=head) for row in conn.execute(query)]
 
 
@@ -79,7 +86,7 @@ def get_computed_trait(conn: Connection, *, name: str) -> dict[str, Any]:
         raise NotFound(
             f"there is no computed trait {name!r}; GET /api/v1/computed-traits lists them"
         )
-    return _trait_view(row, head=_log_head(conn))
+    return _trait_view(row, head=log_head(conn))
 
 
 def create_computed_trait(conn: Connection, *, document: Any) -> dict[str, Any]:
@@ -203,24 +210,8 @@ def parse_definition(
     )
 
 
-def _profile_total(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            sa.select(sa.func.count()).where(profiles.c.merged_into.is_(None))
-        ).scalar_one()
-    )
-
-
-def _sizes(conn: Connection, audience_ids: list[str]) -> dict[str, int]:
-    query = (
-        sa.select(audience_members.c.audience_id, sa.func.count())
-        .where(audience_members.c.audience_id.in_(audience_ids))
-        .group_by(audience_members.c.audience_id)
-    )
-    return {audience_id: int(count) for audience_id, count in conn.execute(query)}
-
-
-def _audience_view(row: Any, *, members: int, total: int) -> dict[str, Any]:
+def _audience_view(row: Any, *, members: int) -> dict[str, Any]:
+    total = int(row.build_total)
     return {
         "id": row.id,
         "name": row.name,
@@ -230,15 +221,23 @@ def _audience_view(row: Any, *, members: int, total: int) -> dict[str, Any]:
         "size": int(members),
         "build": {
             "evaluated_profiles": int(row.built_profiles),
-            "profiles": int(total),
-            "progress": 1.0
-            if row.status == READY or not total
-            else round(min(1.0, int(row.built_profiles) / int(total)), 4),
+            "profiles": total,
+            "progress": build_progress(row.status, int(row.built_profiles), total),
         },
         "created_by": row.created_by,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
+
+
+def build_progress(status: str, built: int, total: int) -> float:
+    """0 to 1: the share of the profiles counted when the build began that it has
+    evaluated (1 once ready; profiles created meanwhile may take it past the count)."""
+    if status == READY:
+        return 1.0
+    if total <= 0:
+        return 0.0
+    return round(min(1.0, built / total), 4)
 
 
 def _get_row(conn: Connection, audience_id: str) -> Any:
@@ -250,16 +249,15 @@ def _get_row(conn: Connection, audience_id: str) -> Any:
 
 def get_audience(conn: Connection, *, audience_id: str) -> dict[str, Any]:
     row = _get_row(conn, audience_id)
-    size = _sizes(conn, [audience_id]).get(audience_id, 0)
-    return _audience_view(row, members=size, total=_profile_total(conn))
+    return _audience_view(row, members=sizes_of(conn, [audience_id]).get(audience_id, 0))
 
 
 def list_audiences(conn: Connection) -> list[dict[str, Any]]:
     rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.created_at)))
     if not rows:
         return []
-    sizes, total = _sizes(conn, [row.id for row in rows]), _profile_total(conn)
-    return [_audience_view(row, members=sizes.get(row.id, 0), total=total) for row in rows]
+    sizes = sizes_of(conn)
+    return [_audience_view(row, members=sizes.get(row.id, 0)) for row in rows]
 
 
 def _check_name(conn: Connection, name: str, audience_id: str | None) -> None:
@@ -376,6 +374,7 @@ def delete_audience(conn: Connection, *, audience_id: str) -> None:
         .values(exited_at=now, exited_cause="audience deleted")
     )
     conn.execute(audience_members.delete().where(audience_members.c.audience_id == audience_id))
+    forget_audience(conn, audience_id=audience_id)
     conn.execute(
         evaluation_schedule.delete().where(evaluation_schedule.c.item == f"audience:{audience_id}")
     )

@@ -32,6 +32,7 @@ from tessera.audiences.models import (
     audiences,
     evaluation_schedule,
 )
+from tessera.audiences.sizes import count_members
 from tessera.eventlog.models import events
 from tessera.profiles import computed
 from tessera.profiles.computed import TraitState
@@ -425,6 +426,7 @@ class DerivedState:
                 f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
                 [(aid, pid, change, now, cause[:300]) for change, (aid, pid, cause) in changes],
             )
+        count_members(conn, exits=exits, entries=entries, now=now)
 
     def _flush_schedule(self, conn: Connection) -> None:
         keys = sorted(key for key in self.schedule if key[0] not in self._deleted_profiles)
@@ -707,6 +709,10 @@ def build_step(
         "build_cursor": last or entry.build_cursor,
         "built_profiles": audiences.c.built_profiles + len(ids),
     }
+    if not entry.build_cursor:  # the first step: what the progress is a fraction of
+        values["build_total"] = conn.execute(
+            sa.select(sa.func.count()).where(profiles.c.merged_into.is_(None))
+        ).scalar_one()
     if done:
         values["status"] = READY
     conn.execute(audiences.update().where(audiences.c.id == audience_id).values(**values))

@@ -47,6 +47,7 @@ DERIVED_TABLES = (
     "profile_consent",
     "computed_trait_values",
     "audience_members",
+    "audience_sizes",
     "audience_history",
     "audience_changes",
     "evaluation_schedule",

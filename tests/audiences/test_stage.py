@@ -4,6 +4,7 @@ restarts, and rebuild reaching the same state."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -220,16 +221,21 @@ def test_a_merge_folds_computed_traits_and_memberships(engine: Engine) -> None:
 
 
 def derived(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """The derived state to compare; the kept sizes must equal the member rows' counts."""
     queries = {
         "values": "SELECT profile_id, name, value FROM computed_trait_values",
         "members": "SELECT audience_id, profile_id FROM audience_members",
         "schedule": "SELECT profile_id, item, due_at FROM evaluation_schedule",
+        "sizes": "SELECT audience_id, members FROM audience_sizes WHERE members <> 0",
     }
     with engine.connect() as conn:
-        return {
+        found = {
             name: sorted((tuple(row) for row in conn.execute(sa.text(sql))), key=repr)
             for name, sql in queries.items()
         }
+    counted = Counter(audience_id for audience_id, _ in found["members"])
+    assert dict(found["sizes"]) == dict(counted), "kept sizes differ from the members"
+    return found
 
 
 def test_rebuild_reaches_the_same_memberships(engine: Engine) -> None:
