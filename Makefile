@@ -33,8 +33,8 @@ run: $(STAMP) $(ASSETS)
 test: lint typecheck clients assets pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check tessera tests benchmarks
-	$(BIN)/ruff format --check tessera tests benchmarks
+	$(BIN)/ruff check tessera tests benchmarks scripts
+	$(BIN)/ruff format --check tessera tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -18,6 +18,7 @@ from tessera.activation.delivery import Deliverer
 from tessera.api import errors as api_errors
 from tessera.api import health
 from tessera.api.security import SecurityMiddleware
+from tessera.api.timing import ServerTiming
 from tessera.audiences import api as audiences_api
 from tessera.audiences import service as audience_service
 from tessera.audiences import trends_api as audience_trends_api
@@ -170,6 +171,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
         rules=pipeline.rules,
         memberships=app.state.profile_audiences,
     )
+    app.add_middleware(ServerTiming)
     # Added last, so it wraps everything: every response gets the security headers.
     app.add_middleware(SecurityMiddleware, max_body_bytes=settings.api_max_body_bytes)
     return app

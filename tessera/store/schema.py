@@ -30,6 +30,7 @@ MODEL_MODULES = (
     "tessera.audit.models",
     "tessera.audiences.models",
     "tessera.activation.models",
+    "tessera.web.models",
 )
 
 

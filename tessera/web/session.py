@@ -85,11 +85,12 @@ def page(permission: str) -> Callable[..., WebUser]:
     return check
 
 
-async def check_csrf(request: Request) -> None:
-    """Every form post carries the session's CSRF token, as a field or (htmx) a header."""
+async def check_csrf(request: Request, conn: ConnectionDep) -> None:
+    """Every form post carries the session's CSRF token, as a field or (htmx) a header.
+    Before sign-in, the token is the double-submit cookie's."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
-    user: WebUser | None = getattr(request.state, "web_user", None)
+    user = getattr(request.state, "web_user", None) or read_user(request, conn)
     expected = user.csrf_token if user else request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = request.headers.get("x-csrf-token", "")
     if not sent and request.headers.get("content-type", "").startswith(

@@ -106,8 +106,9 @@ def people(web: LiveTessera) -> People:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-GB",
-                                  timezone_id="Europe/Paris")
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, locale="en-GB", timezone_id="Europe/Paris"
+    )
     page = context.new_page()
     errors: list[str] = []
 

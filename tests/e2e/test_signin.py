@@ -50,7 +50,9 @@ def test_a_locked_account_is_told_when_to_try_again(
     expect(page.get_by_role("alert")).to_contain_text(re.compile(r"Try again in \d+ minutes?"))
 
 
-def test_sign_in_returns_to_the_page_asked_for(page: Page, web: LiveTessera, people: People) -> None:
+def test_sign_in_returns_to_the_page_asked_for(
+    page: Page, web: LiveTessera, people: People
+) -> None:
     page.goto(web.url + "/settings/audit")
     page.get_by_label("Email").fill(people.emails["admin"])
     page.get_by_label("Password").fill("a long enough password")

@@ -18,6 +18,7 @@ from tessera.auth.permissions import PERMISSIONS, ROLES
 from tessera.config import Settings
 from tessera.errors import BadRequest, Conflict, HTTPError
 from tessera.identity.config import IdentityRules
+from tessera.web import saved_views
 from tessera.web.frame import Frame, NavItem, redirect
 from tessera.web.session import WebUser, check_csrf, page
 
@@ -249,7 +250,7 @@ AUDIT_FILTERS = ("actor", "action", "outcome", "since")
 
 @router.get("/audit")
 def audit_page(
-    request: Request, conn: ConnectionDep, _: Annotated[WebUser, Depends(page("audit:read"))]
+    request: Request, conn: ConnectionDep, user: Annotated[WebUser, Depends(page("audit:read"))]
 ) -> Response:
     query = request.query_params
     filters = {name: query.get(name, "").strip() for name in AUDIT_FILTERS}
@@ -286,6 +287,10 @@ def audit_page(
             "next_href": next_href,
             "error": error,
             "filtered": any(filters.values()),
+            "views": saved_views.list_views(
+                conn, page="/settings/audit", user_id=user.principal.id
+            ),
+            "query": saved_views.clean_query(request.url.query),
         },
     )
 

@@ -37,8 +37,9 @@ def render_form(
     context: dict[str, object] | None = None,
     status: int = 200,
 ) -> Response:
-    """A form shown before sign-in, with a fresh double-submit CSRF cookie."""
-    token = new_login_csrf()
+    """A form shown before sign-in, with its double-submit CSRF cookie (kept if the browser
+    has one, so two open tabs both work)."""
+    token = request.cookies.get(LOGIN_CSRF_COOKIE) or new_login_csrf()
     request.state.login_csrf = token
     frame: Frame = request.app.state.frame
     response = frame.render(request, template, context or {}, status=status)
@@ -118,7 +119,7 @@ def login(
 async def logout(request: Request, conn: ConnectionDep, user: OptionalUser) -> Response:
     response = redirect("/", flash="You are signed out.")
     if user is not None:
-        await check_csrf(request)
+        await check_csrf(request, conn)
         signin.sign_out(
             conn,
             response,
