@@ -23,7 +23,7 @@ from alembic import op
 from tessera.store.types import UtcDateTime
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
