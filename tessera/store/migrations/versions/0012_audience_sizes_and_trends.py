@@ -1,7 +1,7 @@
 """audiences: kept sizes, hourly size snapshots, build totals, changes by audience and time
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0014
 Create Date: 2026-12-04 10:00:00
 
 Pages read an audience's size instead of counting its members: `audience_sizes` is kept
