@@ -28,7 +28,7 @@
   };
   const KINDS = [
     ["trait", "Trait"], ["computed", "Computed trait"], ["event", "Event"],
-    ["audience", "In another audience"], ["consent", "Consent"],
+    ["audience", "Audience"], ["consent", "Consent"],
   ];
   const MEASURES = [
     ["performed", "performed"], ["not_performed", "did not perform"], ["count", "performed … times"],
