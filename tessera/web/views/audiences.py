@@ -181,7 +181,7 @@ def _members(
     for item in items:
         item.update(labels[item["profile_id"]])
     next_href = f"/audiences/{audience_id}?{urlencode({'members_after': last})}" if last else None
-    return {"items": items, "next_href": next_href, "paged": bool(cursor)}
+    return {"rows": items, "next_href": next_href, "paged": bool(cursor)}
 
 
 def _status(audience: dict[str, Any], overview: dict[str, Any] | None) -> dict[str, Any]:
