@@ -33,6 +33,7 @@ from tessera.processor import Pipeline, Processor
 from tessera.processor.extensions import worker_jobs
 from tessera.profiles import api as profiles_api
 from tessera.profiles.lookup import ProfileLookup
+from tessera.schema import api as schema_api
 from tessera.store import create_store_engine
 from tessera.store.secrets import Keyring, load_keyring
 from tessera.worker_process import ProcessorHandle, WorkerProcess
@@ -154,6 +155,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.include_router(audiences_api.audiences_router)
     app.include_router(exports_api.router)
     app.include_router(destinations_api.router)
+    app.include_router(schema_api.router)
     web.install(app)
     # The profile API lists memberships without importing a later stage.
     app.state.profile_audiences = audience_service.profile_audiences

@@ -309,6 +309,24 @@ class Settings(BaseSettings):
             "delivery worker deletes it and the job shows `expired`."
         ),
     )
+    schema_minutes_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description=(
+            "How long the counts of events per minute and source (the Home dashboard's "
+            "chart) are kept; older minutes are pruned an hour at a time."
+        ),
+    )
+    schema_recount_max_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "The longest wait between two recounts of profiles, identified profiles and "
+            "audience sizes (the dashboard's figures, shown with the time of the count). A "
+            "recount runs in steps on the worker's loop; the next starts 100 times its own "
+            "duration later, at least 10 s, at most this."
+        ),
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,

@@ -28,6 +28,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "tokens:manage": frozenset({"admin"}),
     "users:manage": frozenset({"admin"}),
     "audit:read": frozenset({"admin"}),
+    # What Tessera has seen: event names, properties, traits and their types (no values).
+    "schema:read": EVERYONE,
+    # The Home dashboard; its delivery part also needs destinations:read.
+    "dashboard:read": EVERYONE,
     "self": EVERYONE,  # one's own session and identity
 }
 

@@ -36,7 +36,8 @@ profile_merges = sa.Table(
     # Indexed: a separate derived stage reads the merges of each range of the log.
     sa.Column("seq", sa.BigInteger, nullable=False, index=True),
     sa.Column("message_id", sa.String(255), nullable=False),
-    sa.Column("merged_at", UtcDateTime, nullable=False),
+    # Indexed: the dashboard counts today's merges.
+    sa.Column("merged_at", UtcDateTime, nullable=False, index=True),
 )
 
 merge_blocks = sa.Table(

@@ -13,9 +13,12 @@ and profiles are written and before the position moves. So what it writes commit
 the events it reflects: a failed batch rolls it back, and it sees each event exactly
 once. It must be re-derivable: `tessera rebuild` empties its `tables` and replays the log
 through it, and an unmerge deletes the cluster's rows from them and replays the
-cluster's events, so each table keys its rows by a `profile_id` column. It must not send
-anything itself (a rebuild would send it again); what others should hear of goes to the
-log or the outbox as the rest of the processor does.
+cluster's events, so each table keys its rows by a `profile_id` column. A table without
+one tallies the whole log rather than people (the schema catalog): rebuild empties it too,
+an unmerge leaves it alone, and the stage skips the events of a batch marked `replay`
+(it has counted them already). It must not send anything itself (a rebuild would send it
+again); what others should hear of goes to the log or the outbox as the rest of the
+processor does.
 
 **A worker job** (imports, syncs, workflow timers, SLA timers) runs on each turn of the
 loop of every worker that runs the main stage (`tessera worker`, `serve`'s child), after
@@ -74,14 +77,18 @@ class AppliedBatch:
     # stage moves the absorbed profile's rows to the survivor.
     merges: list[tuple[str, str]] = field(default_factory=list)
     now: datetime | None = None  # the pipeline's clock (tests fix it)
+    # An unmerge re-applying events that were applied before: per-profile tables were
+    # emptied for them, tallies of the whole log were not.
+    replay: bool = False
 
 
 class BatchStage(Protocol):
     """Derives state of its own from every batch, in the batch's transaction."""
 
     name: str
-    # The tables it derives, each with a `profile_id` column; rebuild and unmerge empty
-    # them (all rows, or the cluster's) before they replay events through `apply`.
+    # The tables it derives. Rebuild empties them all before it replays the log through
+    # `apply`; an unmerge deletes the cluster's rows from those with a `profile_id` column
+    # and leaves the others (tallies of the whole log) alone.
     tables: Sequence[sa.Table]
 
     def apply(self, conn: Connection, batch: AppliedBatch) -> None:
@@ -125,10 +132,12 @@ def worker_jobs(settings: Settings) -> list[WorkerJob]:
 
 
 def forget_profiles(conn: Connection, stages: Sequence[BatchStage], cluster: list[str]) -> None:
-    """Delete the stages' rows of `cluster`'s profiles (an unmerge replays them)."""
+    """Delete the stages' rows of `cluster`'s profiles (an unmerge replays them); tables
+    without a `profile_id` tally the whole log and keep their rows."""
     for stage in stages:
         for table in stage.tables:
-            conn.execute(table.delete().where(table.c.profile_id.in_(cluster)))
+            if "profile_id" in table.c:
+                conn.execute(table.delete().where(table.c.profile_id.in_(cluster)))
 
 
 def forget_everything(conn: Connection, stages: Sequence[BatchStage]) -> None:

@@ -70,11 +70,33 @@ def record_failure(engine: Engine, error: BaseException, *, name: str = MAIN) ->
         pass
 
 
-def lag(conn: Connection, *, name: str = MAIN) -> Lag:
+def lag(conn: Connection, *, name: str = MAIN, at_most: int | None = None) -> Lag:
+    """Events after the stage's position, and the age of the oldest. With `at_most`, a
+    page that must answer at once however far behind the stage is (the dashboard): the
+    count stops there, and the oldest is the first waiting event in log order."""
     position = position_of(conn, name)
-    waiting = conn.execute(
-        sa.select(sa.func.count(), sa.func.min(events.c.received_at)).where(events.c.seq > position)
-    ).one()
+    if at_most is not None:
+        page = (
+            sa.select(events.c.seq)
+            .where(events.c.seq > position)
+            .order_by(events.c.seq)
+            .limit(at_most)
+            .subquery()
+        )
+        first = (
+            sa.select(events.c.received_at)
+            .where(events.c.seq > position)
+            .order_by(events.c.seq)
+            .limit(1)
+        )
+        count = sa.select(sa.func.count()).select_from(page)
+        waiting = conn.execute(sa.select(count.scalar_subquery(), first.scalar_subquery())).one()
+    else:
+        waiting = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(events.c.received_at)).where(
+                events.c.seq > position
+            )
+        ).one()
     oldest = waiting[1]
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)

@@ -169,6 +169,7 @@ class Pipeline:
         fan_out: bool = False,
         derive: bool = True,
         resident: Resident | None = None,
+        replay: bool = False,
     ) -> list[tuple[int, str | None]]:
         """Apply `rows` (events in log order); return each event's final profile.
 
@@ -177,7 +178,8 @@ class Pipeline:
         `fan_out`, the events, trait changes and audience changes go to the outbox too
         (not when an unmerge replays events that were sent already). Without `derive`,
         only the main stage: computed traits and audiences are left to `derive_rows`.
-        `resident` lends the derived stage what it kept (the caller opened it)."""
+        `resident` lends the derived stage what it kept (the caller opened it). `replay`:
+        the events were applied before (an unmerge), which the batch stages are told."""
         self.batch_drops = Counter()
         batch = [self._parse(row) for row in rows]
         graph_state = IdentityBatch()
@@ -219,7 +221,7 @@ class Pipeline:
             for seq, pid in profile_state.attribution
         ]
         if self.stages:
-            self._apply_stages(conn, batch, attributed, merged, graph_state)
+            self._apply_stages(conn, batch, attributed, merged, graph_state, replay=replay)
         if fan_out:
             self._fan_out(conn, batch, attributed, graph_state, profile_state, changes=derive)
         return attributed
@@ -231,6 +233,8 @@ class Pipeline:
         attributed: list[tuple[int, str | None]],
         merged: list[tuple[str, str]],
         graph_state: IdentityBatch,
+        *,
+        replay: bool,
     ) -> None:
         """Hand the applied batch to the batch stages (`extensions`), in this transaction."""
         owners = dict(attributed)
@@ -253,6 +257,7 @@ class Pipeline:
             ],
             merges=[(graph_state.resolve_id(survivor), absorbed) for survivor, absorbed in merged],
             now=self.clock(),
+            replay=replay,
         )
         for stage in self.stages:
             stage.apply(conn, applied)

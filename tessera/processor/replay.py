@@ -167,7 +167,7 @@ def unmerge(
         rows = list(
             conn.execute(event_columns().where(events.c.seq.in_(chunk)).order_by(events.c.seq))
         )
-        pipeline.apply_batch(conn, rows, evaluate_all=True)
+        pipeline.apply_batch(conn, rows, evaluate_all=True, replay=True)
         replayed += len(rows)
     pipeline.fan_out_changes(conn)  # entries and exits the split caused
     return Unmerged(

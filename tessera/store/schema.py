@@ -31,6 +31,7 @@ MODEL_MODULES = (
     "tessera.audiences.models",
     "tessera.activation.models",
     "tessera.web.models",
+    "tessera.schema.models",
 )
 
 

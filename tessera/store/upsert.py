@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,8 +18,11 @@ def upsert(
     rows: Sequence[dict[str, Any]],
     *,
     keys: Sequence[str],
+    combine: Mapping[str, Literal["add", "min", "max"]] | None = None,
 ) -> None:
-    """Insert `rows`; where `keys` already exist, overwrite the other columns.
+    """Insert `rows`; where `keys` already exist, overwrite the other columns, or fold the
+    new value into the stored one for the columns in `combine` (`add` for counters, `min`
+    and `max` for first and last times), so a batch's tallies take one statement.
 
     The processor's flushes run this for thousands of rows a batch, so it hands the driver
     plain tuples in one executemany (SQLAlchemy's per-row parameter processing cost more
@@ -34,11 +37,15 @@ def upsert(
     updates = [column for column in columns if column not in keys]
     quoted = ", ".join(f'"{column}"' for column in columns)
     conflict = ", ".join(f'"{key}"' for key in keys)
-    action = (
-        "DO UPDATE SET " + ", ".join(f'"{column}" = excluded."{column}"' for column in updates)
-        if updates
-        else "DO NOTHING"
-    )
+    combine = combine or {}
+    unknown = set(combine) - set(updates)
+    if unknown:
+        raise ValueError(f"combine names columns that are not updated: {sorted(unknown)}")
+    assignments = [
+        f'"{column}" = {_combined(table.name, column, combine.get(column), sqlite)}'
+        for column in updates
+    ]
+    action = "DO UPDATE SET " + ", ".join(assignments) if updates else "DO NOTHING"
     values = ", ".join(marker for _ in columns)
     statement = (
         f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values}) ON CONFLICT ({conflict}) {action}'
@@ -67,6 +74,19 @@ def upsert(
     else:
         params = [tuple(row[column] for column in columns) for row in rows]
     conn.exec_driver_sql(statement, params)
+
+
+def _combined(table: str, column: str, how: str | None, sqlite: bool) -> str:
+    """The new value of `column` in a DO UPDATE: the row's, or it folded into the stored one.
+    SQLite's two-argument min/max are PostgreSQL's LEAST/GREATEST; `UtcDateTime` text on
+    SQLite orders as the times do."""
+    new, old = f'excluded."{column}"', f'"{table}"."{column}"'
+    if how is None:
+        return new
+    if how == "add":
+        return f"{old} + {new}"
+    function = {"min": "min" if sqlite else "LEAST", "max": "max" if sqlite else "GREATEST"}[how]
+    return f"{function}({old}, {new})"
 
 
 def bind_time(conn: Connection, moment: datetime) -> datetime | str:
