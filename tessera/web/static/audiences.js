@@ -397,9 +397,10 @@
       };
       if (row.isTrait || row.isProperty) {
         row.ops = opOptions(scope === "filter" ? editor.operators.filter : editor.operators.trait, node.op);
-        row.nameList = row.isTrait ? "trait-names" : editor.propertyListId(owner.event || "");
+        row.event = owner.event || "";
+        row.nameList = row.isTrait ? "trait-names" : editor.propertyListId(row.event);
         row.namePlaceholder = row.isTrait ? "trait, e.g. plan" : "property, e.g. total";
-        row.nameHint = row.isTrait ? editor.traitType(node.trait) : "";
+        row.nameHint = row.isTrait ? editor.traitType(node.trait) : editor.propertyType(row.event, node.property);
       }
       if (row.isComputed) {
         const kind = editor.computedKind(node.computed);
@@ -495,10 +496,32 @@
         if (!current) list.unshift({ value: "", label: "Choose an audience", selected: true });
         return list;
       },
+      // The properties seen on an event, fetched once per event the catalogue knows (a
+      // name being typed is not fetched letter by letter).
       propertyListId(event) {
-        if (!event || !this.catalogue.events.some((known) => known.name === event)) return "property-names";
-        this.loadProperties(event);
-        return this.properties[event] && this.properties[event].length ? `properties-${this.slug(event)}` : "property-names";
+        const key = this.propertyKey(event);
+        if (!key) return "property-names";
+        this.loadProperties(key);
+        return this.properties[key] && this.properties[key].length ? `properties-${this.slug(key)}` : "property-names";
+      },
+      propertyKey(event) {
+        const type = this.eventType || "track";
+        if (type !== "track") return `${type}:`;
+        return event && this.catalogue.events.some((known) => known.name === event) ? `track:${event}` : "";
+      },
+      propertyType(event, name) {
+        const found = (this.properties[this.propertyKey(event)] || []).find((item) => item.name === name);
+        return found && found.type ? found.type : "";
+      },
+      // A name picked from the suggestions sets the value's type from what Tessera has seen,
+      // while no value is typed yet.
+      nameChosen(row) {
+        const node = row.node;
+        const seen = row.isTrait ? this.traitType(node.trait) : this.propertyType(row.event, node.property);
+        if (node.text !== "" || !seen || VALUELESS.includes(node.op)) return;
+        if (seen === "integer" || seen === "number") node.vtype = "number";
+        else if (seen === "boolean") Object.assign(node, { vtype: "bool", text: "true" });
+        else if (seen === "string") node.vtype = "text";
       },
       slug(text) {
         return text.toLowerCase().replace(/[^a-z0-9]+/g, "-");
@@ -507,12 +530,14 @@
         return Object.keys(this.properties).filter((event) => this.properties[event].length)
           .map((event) => ({ id: `properties-${this.slug(event)}`, items: this.properties[event] }));
       },
-      loadProperties(event) {
-        if (!this.propertiesUrl || event in this.properties) return;
-        this.properties[event] = [];
-        fetch(`${this.propertiesUrl}?event=${encodeURIComponent(event)}`, { headers: { Accept: "application/json" } })
+      loadProperties(key) {
+        if (!this.propertiesUrl || key in this.properties) return;
+        this.properties[key] = [];
+        const [type, ...rest] = key.split(":");
+        const query = new URLSearchParams({ type, event: rest.join(":") });
+        fetch(`${this.propertiesUrl}?${query}`, { headers: { Accept: "application/json" } })
           .then((response) => (response.ok ? response.json() : { properties: [] }))
-          .then((body) => { this.properties[event] = body.properties || []; })
+          .then((body) => { this.properties[key] = body.properties || []; })
           .catch(() => {});
       },
 

@@ -29,7 +29,8 @@ from tessera.audiences.models import audiences
 from tessera.audiences.preview import preview_audience
 from tessera.audiences.schemas import MAX_DESCRIPTION, PreviewIn
 from tessera.conditions import COMPARISON_OPS
-from tessera.errors import BadRequest, Conflict, HTTPError, InvalidDefinition
+from tessera.errors import BadRequest, Conflict, HTTPError, InvalidDefinition, NotFound
+from tessera.schema.service import get_event_properties, list_event_types, list_traits
 from tessera.web.frame import Frame, NavItem, redirect
 from tessera.web.session import WebUser, check_csrf, page
 from tessera.web.views.audiences import message, now_of, people_labels
@@ -40,6 +41,7 @@ Reader = Annotated[WebUser, Depends(page("audiences:read"))]
 Writer = Annotated[WebUser, Depends(page("audiences:write"))]
 Csrf = Depends(check_csrf)
 SAMPLE = 12
+PICKER_EVENTS = 1000  # the pickers list this many event names (the catalogue keeps 10,000)
 
 
 @contextmanager
@@ -72,6 +74,31 @@ def _consent_categories(conn: Connection) -> list[str]:
     return sorted(found)
 
 
+def _first_type(field: dict[str, Any]) -> str:
+    """The type seen most on a path (the schema lists them most seen first)."""
+    types = field.get("types") or []
+    return str(types[0]["type"]) if types else ""
+
+
+def seen_events(conn: Connection) -> list[dict[str, Any]]:
+    """Track event names Tessera has seen (event conditions match track events by name),
+    most frequent first, from the schema catalogue (bounded; never the event log)."""
+    found = list_event_types(conn, limit=PICKER_EVENTS)["items"]
+    named = [item for item in found if item["type"] == "track" and item["name"]]
+    named.sort(key=lambda item: (-item["count"], item["name"]))
+    return [{"name": item["name"], "hint": f"{item['count']:,} seen"} for item in named]
+
+
+def seen_properties(conn: Connection, *, event: str, event_type: str) -> list[dict[str, str]]:
+    """The property paths seen on an event (a track event by name, other calls by type),
+    with the type seen most; none for an event Tessera has not seen."""
+    try:
+        found = get_event_properties(conn, name=event or None, event_type=event_type)
+    except (NotFound, BadRequest):
+        return []
+    return [{"name": field["path"], "type": _first_type(field)} for field in found["properties"]]
+
+
 def catalogue(conn: Connection, *, exclude_audience: str | None = None) -> dict[str, Any]:
     """What the builder's pickers list: computed traits with their kinds, the other
     audiences, consent categories, and the event and trait names Tessera has seen."""
@@ -87,8 +114,8 @@ def catalogue(conn: Connection, *, exclude_audience: str | None = None) -> dict[
         if row.id != exclude_audience
     ]
     return {
-        "events": [],
-        "traits": [],
+        "events": seen_events(conn),
+        "traits": [{"name": t["path"], "type": _first_type(t)} for t in list_traits(conn)],
         "computed": computed,
         "audiences": others,
         "consent": _consent_categories(conn),
@@ -278,9 +305,11 @@ def event_properties(
     conn: ConnectionDep,
     _: Reader,
     event: Annotated[str, Query(max_length=255)] = "",
+    event_type: Annotated[str, Query(alias="type", max_length=16)] = "track",
 ) -> Response:
     """The properties seen on an event, with their types, for the `where` pickers."""
-    return JSONResponse({"event": event, "properties": []})
+    found = seen_properties(conn, event=event, event_type=event_type)
+    return JSONResponse({"event": event, "type": event_type, "properties": found})
 
 
 @router.post("/{audience_id}", dependencies=[Csrf])
