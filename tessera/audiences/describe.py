@@ -217,3 +217,43 @@ def _moment(value: Any) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+KIND_WORDS = {
+    "count": "Number of",
+    "sum": "Sum of {property} over",
+    "avg": "Average {property} over",
+    "min": "Lowest {property} over",
+    "max": "Highest {property} over",
+    "first": "First {property} seen on",
+    "last": "Latest {property} seen on",
+    "most_frequent": "Most frequent {property} on",
+    "unique_list": "Up to {limit} distinct values of {property} on",
+    "first_time": "Time of the first",
+    "last_time": "Time of the latest",
+}
+
+
+def describe_computed_trait(definition: Mapping[str, Any]) -> str:
+    """A computed trait's definition in one sentence: "Sum of total over Order Completed
+    events, in the last 30 days"."""
+    kind = str(definition.get("kind"))
+    words = KIND_WORDS.get(kind, kind).format(
+        property=definition.get("property", "a property"), limit=definition.get("limit", 10)
+    )
+    event = definition.get("event") or {}
+    if not isinstance(event, Mapping):
+        event = {}
+    name, kind_of_call = event.get("name"), event.get("type")
+    one = kind in ("first_time", "last_time")  # the time of one event, not a tally of many
+    if name:
+        subject = f"{name} event" if one else f"{name} events"
+    elif kind_of_call:
+        subject = f"{kind_of_call} call" if one else f"{kind_of_call} calls"
+    else:
+        subject = "event" if one else "all events"
+    text = f"{words} {subject}"
+    if "where" in event:
+        text += f" where {_filter(event['where'])}"
+    window = _window(definition.get("window"))
+    return text + ("," + window if window else "")

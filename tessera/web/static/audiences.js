@@ -506,7 +506,7 @@
       },
       propertyKey(event) {
         const type = this.eventType || "track";
-        if (type !== "track") return `${type}:`;
+        if (type !== "track") return ["page", "screen", "identify", "group"].includes(type) ? `${type}:` : "";
         return event && this.catalogue.events.some((known) => known.name === event) ? `track:${event}` : "";
       },
       propertyType(event, name) {
@@ -832,6 +832,7 @@
     return extend(editor, {
       kind: data.kind || "count",
       eventName: data.eventName || "",
+      eventType: data.eventType || "",
       propertiesUrl: data.propertiesUrl,
       windowUnit: data.windowUnit || "",
       where: importRoot(data.where, "filter"),
@@ -849,7 +850,10 @@
       get needsLimit() { return this.kind === "unique_list"; },
       get windowed() { return Boolean(this.windowUnit); },
       get noFilters() { return this.where.children.length === 0; },
+      get whereId() { return this.where.id; },
+      get windowLabel() { return this.windowUnit === "hours" ? "Hours" : "Days"; },
       setKindField(event) { this.kind = event.target.value; },
+      setEventType(event) { this.eventType = event.target.value; },
       setWindowField(event) { this.windowUnit = event.target.value; },
       addRootFilter() {
         const node = blank("property");
