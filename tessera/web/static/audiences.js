@@ -253,18 +253,73 @@
     return doc === undefined ? "" : JSON.stringify(doc, null, 2);
   }
 
-  // JSON.parse's message with the line and column of the mistake, in words.
-  function jsonProblem(text, error) {
-    const match = /position (\d+)/.exec(error.message);
-    let where = "";
-    if (match) {
-      const before = text.slice(0, Number(match[1]));
-      const line = before.split("\n").length;
-      const column = before.length - before.lastIndexOf("\n");
-      where = ` (line ${line}, column ${column})`;
+  // Where a text stops being JSON and what was expected there: JSON.parse's messages differ
+  // between browsers and often give no position, so the text is walked here.
+  function firstJsonMistake(text) {
+    let i = 0;
+    const fail = (expected) => { throw { index: i, expected }; };
+    const space = () => { while (i < text.length && " \t\n\r".includes(text[i])) i += 1; };
+    const string = () => {
+      i += 1;
+      while (i < text.length) {
+        if (text[i] === "\\") i += 2;
+        else if (text[i] === '"') { i += 1; return; }
+        else if (text[i] === "\n") fail("the closing double quote");
+        else i += 1;
+      }
+      fail("the closing double quote");
+    };
+    const value = () => {
+      space();
+      const c = text[i];
+      if (c === "{" || c === "[") {
+        const close = c === "{" ? "}" : "]";
+        i += 1;
+        space();
+        if (text[i] === close) { i += 1; return; }
+        for (;;) {
+          if (c === "{") {
+            space();
+            if (text[i] !== '"') fail("a property name in double quotes");
+            string();
+            space();
+            if (text[i] !== ":") fail("a colon after the property name");
+            i += 1;
+          }
+          value();
+          space();
+          if (text[i] === ",") { i += 1; continue; }
+          if (text[i] === close) { i += 1; return; }
+          fail(`a comma or ${close}`);
+        }
+      }
+      if (c === '"') { string(); return; }
+      const number = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
+      if (number && number[0]) { i += number[0].length; return; }
+      const word = ["true", "false", "null"].find((w) => text.startsWith(w, i));
+      if (word) { i += word.length; return; }
+      fail(i >= text.length ? "more: the text ends too early" : "a value: text in double quotes, a number, true, false, null, { or [");
+    };
+    try {
+      value();
+      space();
+      if (i < text.length) fail("nothing more after the end of the document");
+      return null;
+    } catch (mistake) {
+      if (mistake && typeof mistake.index === "number") return mistake;
+      throw mistake;
     }
-    const what = error.message.replace(/\s*in JSON at position \d+.*$/, "").replace(/^JSON\.parse: /, "");
-    return `This is not valid JSON${where}: ${what}. Fix it, or go back to the builder to discard the edit.`;
+  }
+
+  // A JSON mistake in words, with its line and column.
+  function jsonProblem(text, error) {
+    const mistake = firstJsonMistake(text);
+    const advice = "Fix it, or go back to the builder to discard the edit.";
+    if (!mistake) return `This is not valid JSON: ${error.message}. ${advice}`;
+    const before = text.slice(0, mistake.index);
+    const line = before.split("\n").length;
+    const column = before.length - before.lastIndexOf("\n");
+    return `This is not valid JSON (line ${line}, column ${column}): expected ${mistake.expected}. ${advice}`;
   }
 
   // ---------- the tree as rows ----------
@@ -420,6 +475,7 @@
         row.windowAmount = Boolean(node.windowUnit) && row.hasWindow;
         row.windowUnitLabel = node.windowUnit === "hours" ? "hours" : "days";
         row.times = node.countText === "1" ? "time" : "times";
+        row.whereId = node.where.id;
       }
       if (row.isTrait || row.isComputed || row.isProperty || (row.isEvent && row.isTime)) {
         const mode = valueMode(node.op, node.vtype);
@@ -543,9 +599,10 @@
 
       // --- editing ---
       focusRow(id) {
+        const root = this.$root;
         this.$nextTick(() => {
-          const row = this.$root.querySelector(`[data-row="${id}"]`);
-          const control = row && row.querySelector("select, input, textarea, button");
+          const row = root.querySelector(`[data-row="${id}"]`);
+          const control = row && (row.querySelector("[data-first]") || row.querySelector("select, input, textarea, button"));
           if (control) control.focus();
         });
       },
@@ -565,14 +622,17 @@
         this.focusRow(node.id);
       },
       remove(row) {
+        // The island's root, read now: the button that asked is gone once the row is.
+        const root = this.$root;
         const siblings = row.parent.children;
         const at = siblings.indexOf(row.node);
         if (at >= 0) siblings.splice(at, 1);
         this.$nextTick(() => {
           const next = siblings[at] || siblings[at - 1];
-          const target = next
-            ? this.$root.querySelector(`[data-row="${next.id}"] select, [data-row="${next.id}"] input`)
-            : this.$root.querySelector(`[data-add="${row.parent.id}"]`);
+          const rowOf = next && root.querySelector(`[data-row="${next.id}"]`);
+          const target = rowOf
+            ? rowOf.querySelector("[data-first]") || rowOf.querySelector("select, input, button")
+            : root.querySelector(`[data-add="${row.parent.id}"]`);
           if (target) target.focus();
         });
       },
