@@ -858,8 +858,8 @@
           sample: body.sample.map((person) => ({
             id: person.id,
             href: `/people/${encodeURIComponent(person.id)}`,
-            label: person.name || person.email || person.id,
-            detail: person.name && person.email ? person.email : (person.name || person.email ? person.id : ""),
+            label: person.name || person.email || "Anonymous person",
+            detail: person.name && person.email ? person.email : person.id,
           })),
           loading: false,
         };
