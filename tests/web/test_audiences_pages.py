@@ -174,6 +174,14 @@ def test_save_an_audience_from_the_builder(shop: LiveTessera, admin: httpx.Clien
         member = conn.execute(sa.text("SELECT profile_id FROM audience_members")).scalar_one()
     assert f'href="/people/{member}"' in detail and "ada@example.com" in detail
 
+    # While a page polls, htmx asks for one block of it: only that block comes back.
+    for target in ("audience-status", "audience-members", "audience-exports"):
+        part = admin.get(location, headers={"HX-Request": "true", "HX-Target": target})
+        assert part.status_code == 200 and f'id="{target}"' in part.text
+        assert "<html" not in part.text
+    table = admin.get("/audiences", headers={"HX-Request": "true", "HX-Target": "audience-table"})
+    assert 'id="audience-table"' in table.text and "<html" not in table.text
+
     # The builder opens on the stored definition, exactly as the API stores it.
     edit = admin.get(f"/audiences/{audience_id}/edit")
     assert builder_data(edit.text)["definition"] == PRO_BUYERS
@@ -347,6 +355,12 @@ def test_define_change_and_delete_a_computed_trait(shop: LiveTessera, admin: htt
         listed
     )
     page = admin.get("/computed-traits/big_orders").text
+    part = admin.get(
+        "/computed-traits/big_orders", headers={"HX-Request": "true", "HX-Target": "trait-status"}
+    )
+    assert 'id="trait-status"' in part.text and "<html" not in part.text
+    rows = admin.get("/computed-traits", headers={"HX-Request": "true", "HX-Target": "trait-table"})
+    assert 'id="trait-table"' in rows.text and "big_orders" in rows.text
     assert 'value="Order Completed"' in page
     assert json.loads(re.search(r'id="computed-trait-data">(.*?)</script>', page, re.S)
                       .group(1))["where"] == where  # fmt: skip
