@@ -401,3 +401,28 @@ def test_a_refused_computed_trait_names_its_field(shop: LiveTessera, admin: http
     assert refused.status_code == 303 and refused.headers["location"] == "/computed-traits/spend"
     page = admin.get("/computed-traits/spend").text
     assert "Spenders" in page and "cannot be deleted" in page
+
+
+def test_the_list_finds_orders_and_pages(shop: LiveTessera, admin: httpx.Client) -> None:
+    with closing(api(shop)) as client:
+        for name, definition in (
+            ("Zed pros", {"trait": "plan", "op": "eq", "value": "pro"}),
+            ("Alpha buyers", {"event": "Order Completed", "performed": True}),
+            ("Middle nobody", {"trait": "plan", "op": "eq", "value": "none"}),
+        ):
+            client.post("/api/v1/audiences", json={"name": name, "definition": definition})
+    wait_ready(shop)
+
+    def names(**params: str) -> list[str]:
+        page = admin.get("/audiences", params=params).text
+        return re.findall(r'class="strong-link" href="/audiences/aud_\w+">([^<]+)</a>', page)
+
+    assert names() == ["Middle nobody", "Alpha buyers", "Zed pros"]  # newest first
+    assert names(sort="name") == ["Alpha buyers", "Middle nobody", "Zed pros"]
+    assert names(sort="size") == ["Alpha buyers", "Zed pros", "Middle nobody"]
+    assert names(q="PRO") == ["Zed pros"]
+    assert names(status="building") == []
+    nothing = admin.get("/audiences", params={"q": "no such"}).text
+    assert "No audience matches" in nothing and "Clear the filters" in nothing
+    # Saving the current filters as a view offers it on the page.
+    assert 'action="/saved-views"' in admin.get("/audiences", params={"sort": "name"}).text

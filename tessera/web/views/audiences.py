@@ -28,6 +28,7 @@ from tessera.audiences.trends import daily_changes, size_trend
 from tessera.errors import BadRequest, Conflict, HTTPError, NotFound
 from tessera.profiles.masking import mask_traits
 from tessera.profiles.views import get_profiles
+from tessera.web import saved_views
 from tessera.web.frame import Frame, NavItem, redirect
 from tessera.web.session import WebUser, check_csrf, page
 
@@ -108,25 +109,41 @@ def sparkline(points: list[dict[str, Any]], width: int = 96, height: int = 28) -
     return {"points": coords, "label": f"{len(sizes)} days: {sizes[0]:,} to {sizes[-1]:,}, {words}"}
 
 
+SORTS = {
+    "newest": ("Newest first", lambda a: (a["created_at"], a["id"]), True),
+    "name": ("Name", lambda a: (a["name"].casefold(), a["id"]), False),
+    "size": ("Largest first", lambda a: (a["size"], a["id"]), True),
+    "updated": ("Recently changed", lambda a: (a["updated_at"], a["id"]), True),
+}
+STATUSES = {"": "Any status", "live": "Live", "building": "Building"}
+
+
 @router.get("")
 def list_page(request: Request, conn: ConnectionDep, user: Reader) -> Response:
     query = request.query_params
     search = query.get("q", "").strip()
+    status = query.get("status", "")
+    sort = query.get("sort", "") if query.get("sort", "") in SORTS else "newest"
     after = query.get("after", "")
     found = audience_overview(conn, now=now_of(request))
     total = len(found)
     if search:
         needle = search.casefold()
         found = [a for a in found if needle in a["name"].casefold()]
-    # Newest first; the cursor is the last id shown (ids are unique, names may change).
-    found.sort(key=lambda a: (a["created_at"], a["id"]), reverse=True)
+    if status in ("live", "building"):
+        found = [a for a in found if (a["phase"] == "ready") == (status == "live")]
+    _, key, descending = SORTS[sort]
+    found.sort(key=key, reverse=descending)
+    # The cursor is the last id shown: ids are unique, and the whole list is at hand (the
+    # overview reads every audience in a fixed number of queries; audiences are hundreds).
     if after:
         ids = [a["id"] for a in found]
         found = found[ids.index(after) + 1 :] if after in ids else []
     shown = found[:PAGE]
+    filters = {"q": search, "status": status if status in STATUSES else "", "sort": sort}
+    kept = {name: value for name, value in filters.items() if value and value != "newest"}
     next_href = None
     if len(found) > PAGE:
-        kept = {"q": search} if search else {}
         next_href = "/audiences?" + urlencode({**kept, "after": shown[-1]["id"]})
     for audience in shown:
         audience["spark"] = sparkline(audience["trend"])
@@ -136,12 +153,17 @@ def list_page(request: Request, conn: ConnectionDep, user: Reader) -> Response:
         {
             "audiences": shown,
             "total": total,
-            "search": search,
+            "filters": filters,
+            "filtered": bool(kept),
+            "statuses": list(STATUSES.items()),
+            "sorts": [(name, label) for name, (label, _, _) in SORTS.items()],
             "next_href": next_href,
             "moving": any(a["phase"] != "ready" for a in shown),
             "self_href": str(request.url.path)
             + (f"?{request.url.query}" if request.url.query else ""),
             "may_write": user.may("audiences:write"),
+            "views": saved_views.list_views(conn, page="/audiences", user_id=user.principal.id),
+            "query": saved_views.clean_query(request.url.query),
         },
         block="table",
     )
