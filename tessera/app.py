@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,8 @@ from tessera.auth.tokens import TokenCache
 from tessera.config import Settings
 from tessera.eventlog import EventLogWriter
 from tessera.ingest import api as ingest_api
+from tessera.ingest import sources_api
+from tessera.ingest.activity import IngestActivity
 from tessera.ingest.sources import WriteKeyCache
 from tessera.processor import Pipeline, Processor
 from tessera.processor.extensions import worker_jobs
@@ -98,6 +101,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
         commit_timeout_seconds=settings.ingest_commit_timeout_seconds,
     )
     write_keys = WriteKeyCache(engine, ttl=settings.write_key_cache_seconds)
+    activity = IngestActivity(engine, keep=settings.source_refusals_kept)
     pipeline = Pipeline.from_settings(settings)
     processor, deliverer = _background_work(settings, engine, pipeline, keyring)
     if processor is not None:
@@ -106,6 +110,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
+        activity.start()
         if processor is not None:
             processor.start()
         if deliverer is not None:
@@ -114,6 +119,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
             yield
         finally:
             writer.stop()
+            activity.stop()
             if processor is not None:
                 processor.stop()
             if deliverer is not None:
@@ -133,6 +139,10 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.state.keyring = keyring
     app.state.api_tokens = TokenCache(ttl=settings.api_token_cache_seconds)
     app.state.writer = writer
+    app.state.write_keys = write_keys
+    app.state.ingest_activity = activity
+    # Set when the server starts to stop (local_server.Server), so that live streams end.
+    app.state.stopping = threading.Event()
     app.state.processor = processor
     app.state.deliverer = deliverer
     # A replay wakes whoever delivers: the thread here, or the child worker (its wake
@@ -145,7 +155,7 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.state.pipeline = pipeline
     app.state.identity_rules = pipeline.rules
     api_errors.install_error_handlers(app)
-    app.include_router(health.create_router(engine, writer, processor))
+    app.include_router(health.create_router(engine, writer, processor, activity))
     app.include_router(profiles_api.router)
     app.include_router(activation_pull.router)
     app.include_router(auth_api.router)
@@ -156,11 +166,14 @@ def create_app(  # noqa: PLR0915 - the wiring, one step a line, reads best as on
     app.include_router(exports_api.router)
     app.include_router(destinations_api.router)
     app.include_router(schema_api.router)
+    app.include_router(sources_api.router)
     web.install(app)
     # The profile API lists memberships without importing a later stage.
     app.state.profile_audiences = audience_service.profile_audiences
     tracking = ingest_api.TrackingAPI(
-        ingest_api.IngestContext(settings=settings, writer=writer, write_keys=write_keys)
+        ingest_api.IngestContext(
+            settings=settings, writer=writer, write_keys=write_keys, activity=activity
+        )
     )
     app.state.tracking = tracking
     app.add_middleware(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import secrets
 import shlex
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 from tessera import __version__
 from tessera.config import Settings
 from tessera.errors import TesseraError
-from tessera.ingest.sources import Source
+from tessera.ingest.sources import NewSource, Source
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -163,12 +164,13 @@ def serve(
 
     from tessera.app import create_app
     from tessera.ingest.sources import create_source, list_sources
+    from tessera.local_server import Server
 
     settings = _settings(host=host, port=port)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     engine, keyring = _start_store(settings)
     with _errors(), engine.begin() as conn:
-        sources = list_sources(conn)
+        sources: list[Source] = list_sources(conn)
         if not sources:
             sources = [create_source(conn, name="default")]
         _first_admin(conn, settings)
@@ -179,7 +181,7 @@ def serve(
     # Full collections over it took ~70 ms, which set the p99 of a tracking call.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         application,
         host=settings.host,
         port=settings.port,
@@ -187,6 +189,11 @@ def serve(
         access_log=settings.access_log,
         server_header=False,
     )
+    server = Server(config, application)  # uvicorn.run's, ending live streams as it stops
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)
 
 
 def _banner(settings: Settings, source: Source | None) -> None:
@@ -198,15 +205,23 @@ def _banner(settings: Settings, source: Source | None) -> None:
             "  no source is enabled: `tessera source enable NAME` or `tessera source create NAME`"
         )
         return
-    write_key = source.write_key
     body = '{"userId": "user-1", "event": "Signed Up", "properties": {"plan": "trial"}}'
-    curl = (
-        f"curl -u {shlex.quote(write_key + ':')} {url}/v1/track "
-        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
-    )
     out.print(f"  source:    {source.name}")
-    out.print(f"  write key: {write_key}")
-    out.print("Send a test event:")
+    if isinstance(source, NewSource):  # created just now: the one time its key is known
+        user = shlex.quote(source.write_key + ":")
+        out.print(f"  write key: {source.write_key}", markup=False)
+        out.print("Send a test event (the key is stored hashed: note it now):")
+    else:
+        user = '"$WRITE_KEY:"'
+        out.print(
+            f"  write key: {source.write_key_prefix}… (shown once, when it was made; "
+            f"`tessera source rotate-key {shlex.quote(source.name)}` makes a new one)",
+            markup=False,
+        )
+        out.print("Send a test event, with WRITE_KEY set to the source's key:")
+    curl = (
+        f"curl -u {user} {url}/v1/track -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
     out.print(f"  {curl}", markup=False)
     sys.stdout.flush()
 
@@ -219,13 +234,29 @@ def source_create(
     from tessera.ingest.sources import create_source
 
     source = _in_transaction(_settings(), create_source, name=name)
-    out.print(f"created source {source.name!r} (id {source.id}); its write key:")
+    out.print(
+        f"created source {source.name!r} (id {source.id}); its write key (shown only now, "
+        "it is stored hashed):"
+    )
+    out.print(source.write_key, markup=False)
+
+
+@source_app.command("rotate-key")
+def source_rotate_key(name: str) -> None:
+    """Give a source a new write key, printed as the last line; the old key stops working."""
+    from tessera.ingest.sources import rotate_write_key
+
+    source = _in_transaction(_settings(), rotate_write_key, name=name)
+    out.print(
+        f"source {source.name!r} has a new write key (the old one is refused from now on, "
+        "within TESSERA_WRITE_KEY_CACHE_SECONDS by running servers):"
+    )
     out.print(source.write_key, markup=False)
 
 
 @source_app.command("list")
 def source_list() -> None:
-    """List the sources with their write keys and state."""
+    """List the sources with the start of their write keys, and their state."""
     from tessera.ingest.sources import list_sources
 
     sources = _in_transaction(_settings(), list_sources)
@@ -234,7 +265,7 @@ def source_list() -> None:
         table.add_row(
             str(source.id),
             source.name,
-            source.write_key,
+            f"{source.write_key_prefix}…",
             "enabled" if source.enabled else "disabled",
             source.created_at.strftime("%Y-%m-%d %H:%M"),
         )
@@ -537,7 +568,7 @@ def demo(
     from tessera.app import create_app
     from tessera.demo import demo_summary, generate, send
     from tessera.demo.definitions import define_examples, wait_until_ready
-    from tessera.ingest.sources import create_source, get_source
+    from tessera.ingest.sources import create_source, get_source, rotate_write_key
     from tessera.local_server import serve_in_thread
     from tessera.processor import wait_until_caught_up
 
@@ -549,7 +580,11 @@ def demo(
         engine = _migrated_engine(settings)
         with engine.begin() as conn:
             try:
-                source = get_source(conn, name="demo")
+                # Its key was shown once, long ago: the demo's own source gets a new one
+                # (a --url server has its own sources, so this one is only made, not changed).
+                source = (
+                    get_source(conn, name="demo") if url else rotate_write_key(conn, name="demo")
+                )
             except TesseraError:
                 source = create_source(conn, name="demo")
     dataset = generate(seed=seed, people=people, region=settings.identity_phone_region)
@@ -570,6 +605,7 @@ def demo(
             assert write_key is not None
             load(url, write_key)
         else:
+            assert isinstance(source, NewSource)
             # Defined first, so the processor keeps them current event by event.
             with engine.begin() as conn:
                 made = define_examples(conn)

@@ -128,6 +128,15 @@ class Settings(BaseSettings):
             "accepting events within this time."
         ),
     )
+    source_refusals_kept: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Refused messages kept per source, newest first, for its live view; older ones "
+            "are deleted as new ones come."
+        ),
+    )
     cors_allow_origins: list[str] = Field(
         default=["*"],
         description="Origins allowed to call the tracking API (/v1) from a browser.",
@@ -331,7 +340,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None,
         description=(
-            "The key that stored secrets (destination signing secrets, write keys) are "
+            "The key that stored secrets (destinations' signing secrets and write keys) are "
             "encrypted with: 32 url-safe base64-encoded bytes, as `tessera secrets "
             "generate-key` prints. Several, comma-separated and newest first, during a key "
             "rotation: the first encrypts, any decrypts (`tessera secrets rotate`). Required "

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from tessera.activation import service as activation_service
 from tessera.eventlog.service import head_position
 from tessera.eventlog.writer import EventLogWriter
+from tessera.ingest.activity import IngestActivity
 from tessera.processor import dropped_counts, health, lag
 from tessera.processor.models import DERIVED, processor_state
 from tessera.store import current_revision, head_revision
@@ -23,6 +24,7 @@ def create_router(
     engine: Engine,
     writer: EventLogWriter,
     processor: ProcessorHandle | None,
+    activity: IngestActivity,
 ) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -123,6 +125,19 @@ def create_router(
                 stats.rejected_overload,
             ),
             (
+                "tessera_ingest_refusals_written_total",
+                "counter",
+                "Refused messages of known sources written to their live view by this process.",
+                activity.stats.refusals_written,
+            ),
+            (
+                "tessera_ingest_refusals_not_kept_total",
+                "counter",
+                "Refused messages counted but not kept (over the per-flush cap, or a failed "
+                "flush).",
+                activity.stats.refusals_not_kept,
+            ),
+            (
                 "tessera_processor_position",
                 "gauge",
                 "The last log position the processor applied.",
@@ -175,6 +190,14 @@ def create_router(
         for name, kind, help_text, value in gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
         lines += _delivery_metrics(destinations)
+        metric = "tessera_ingest_refused_unattributed_total"
+        lines += [
+            f"# HELP {metric} Tracking requests refused before a source was known (no, or an "
+            "unknown, write key), by HTTP status; counted, never stored.",
+            f"# TYPE {metric} counter",
+        ]
+        for status, count in sorted(activity.stats.unattributed.items()):
+            lines.append(f'{metric}{{status="{status}"}} {count}')
         metric = "tessera_identity_dropped_identifiers_total"
         lines += [
             f"# HELP {metric} Identifiers the identity rules left unlinked, by reason.",

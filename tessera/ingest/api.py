@@ -3,7 +3,10 @@
 Each handler authenticates the write key, reads the body within its limit, validates every
 message, and answers only after the accepted messages are committed to the event log.
 In a batch, valid messages are stored even when others are rejected; the 400 then lists
-each rejected message by index with its reason.
+each rejected message by index with its reason. Every refusal of a known source (a
+rejected message, a body that cannot be read, a disabled source, back-pressure) is handed
+to `IngestActivity` in memory, which keeps it for the source's live view; refusals without
+a known source are only counted.
 
 `TrackingAPI` is a plain ASGI app rather than FastAPI routes: this is the hottest path in
 Tessera, and routing by dict lookup with headers read straight from the scope costs a
@@ -36,6 +39,12 @@ from tessera.errors import (
     Unauthorized,
 )
 from tessera.eventlog import EventLogWriter, NewEvent
+from tessera.ingest.activity import (
+    IngestActivity,
+    Refusal,
+    excerpt_of_body,
+    excerpt_of_message,
+)
 from tessera.ingest.body import ClientDisconnected, parse_json_object, read_body
 from tessera.ingest.messages import MessageError, iso_utc, normalise_message, parse_timestamp
 from tessera.ingest.sources import Source, WriteKeyCache
@@ -74,6 +83,19 @@ class IngestContext:
     settings: Settings
     writer: EventLogWriter
     write_keys: WriteKeyCache
+    activity: IngestActivity
+
+
+class _Call:
+    """What one request has shown so far, for the record of its refusal."""
+
+    __slots__ = ("body", "recorded", "source", "write_key")
+
+    def __init__(self) -> None:
+        self.source: Source | None = None
+        self.write_key: str | None = None
+        self.body: bytes | None = None
+        self.recorded = False  # its rejected messages were recorded one by one
 
 
 class InflightBudget:
@@ -143,16 +165,54 @@ class _Handlers:
     def __init__(self, context: IngestContext) -> None:
         self.context = context
         self.settings = context.settings
+        self.activity = context.activity
         self.inflight = InflightBudget(context.settings.ingest_max_inflight_bytes)
 
-    async def _read(self, headers: Headers, receive: Receive, limit: int) -> dict[str, Any]:
+    async def _read(
+        self, headers: Headers, receive: Receive, limit: int, call: _Call
+    ) -> dict[str, Any]:
         reserved = self.inflight.reserve(headers, limit)
         try:
-            return parse_json_object(await read_body(headers, receive, limit=limit))
+            call.body = await read_body(headers, receive, limit=limit)
+            return parse_json_object(call.body)
         finally:
             self.inflight.release(reserved)
 
-    async def source(self, write_key: Any) -> Source:
+    def refused(self, call: _Call, error: HTTPError) -> None:
+        """Hand a refused request to the activity record (memory only: no write here)."""
+        if call.recorded:
+            return
+        if call.source is None:
+            self.activity.unattributed(error.status_code)
+            return
+        self.activity.refused(
+            Refusal(
+                source_id=call.source.id,
+                received_at=datetime.now(UTC),
+                status=error.status_code,
+                code=error.code,
+                reason=error.message,
+                excerpt=excerpt_of_body(call.body, call.write_key),
+            )
+        )
+
+    def _rejected_message(
+        self, call: _Call, source: Source, item: Any, reason: str, received_at: datetime
+    ) -> None:
+        self.activity.refused(
+            Refusal(
+                source_id=source.id,
+                received_at=received_at,
+                status=BadRequest.status_code,
+                code=BadRequest.code,
+                reason=reason,
+                message_id=None if (m := _message_id(item)) is None else str(m),
+                excerpt=excerpt_of_message(item, call.write_key),
+            )
+        )
+        call.recorded = True
+
+    async def source(self, write_key: Any, call: _Call) -> Source:
         if write_key is None or write_key == "":
             raise Unauthorized(
                 "no write key: send it as the Basic auth username (empty password) "
@@ -171,39 +231,45 @@ class _Handlers:
                 ) from None
         if source is None:
             raise Unauthorized(f"the write key {write_key[:6]!r}… is not known")
+        call.source, call.write_key = source, write_key
         if not source.enabled:
             raise Forbidden(f"the source {source.name!r} is disabled")
         return source
 
-    async def single(self, headers: Headers, receive: Receive, message_type: str) -> None:
+    async def single(
+        self, headers: Headers, receive: Receive, call: _Call, message_type: str
+    ) -> None:
         header_key = _basic_auth_key(headers)
-        source = await self.source(header_key) if header_key else None
-        data = await self._read(headers, receive, self.settings.ingest_max_message_bytes)
+        source = await self.source(header_key, call) if header_key else None
+        data = await self._read(headers, receive, self.settings.ingest_max_message_bytes, call)
         if source is None:
-            source = await self.source(data.get("writeKey"))
+            source = await self.source(data.get("writeKey"), call)
+        received_at = datetime.now(UTC)
         try:
             row = normalise_message(
                 data,
                 source_id=source.id,
-                received_at=datetime.now(UTC),
+                received_at=received_at,
                 message_type=message_type,
                 max_bytes=self.settings.ingest_max_message_bytes,
             )
         except MessageError as exc:
+            self._rejected_message(call, source, data, exc.reason, received_at)
             raise _rejection(
                 f"the message was rejected: {exc.reason}",
                 [{"index": 0, "messageId": _message_id(data), "reason": exc.reason}],
                 accepted=0,
             ) from None
         await self.context.writer.append([row])
+        self.activity.accepted(source.id, 1, received_at)
 
-    async def batch(self, headers: Headers, receive: Receive) -> None:
+    async def batch(self, headers: Headers, receive: Receive, call: _Call) -> None:
         settings = self.settings
         header_key = _basic_auth_key(headers)
-        source = await self.source(header_key) if header_key else None
-        data = await self._read(headers, receive, settings.ingest_max_batch_bytes)
+        source = await self.source(header_key, call) if header_key else None
+        data = await self._read(headers, receive, settings.ingest_max_batch_bytes, call)
         if source is None:
-            source = await self.source(data.get("writeKey"))
+            source = await self.source(data.get("writeKey"), call)
         items = data.get("batch")
         if not isinstance(items, list):
             raise BadRequest("the body needs 'batch', an array of messages")
@@ -225,6 +291,7 @@ class _Handlers:
         received_at_iso, sent_at_iso = iso_utc(received_at), iso_utc(sent_at)
         rows: list[NewEvent] = []
         rejected: list[dict[str, Any]] = []
+        refused_items: list[tuple[Any, str]] = []
         for index, item in enumerate(items):
             try:
                 rows.append(
@@ -244,7 +311,12 @@ class _Handlers:
                 rejected.append(
                     {"index": index, "messageId": _message_id(item), "reason": exc.reason}
                 )
+                refused_items.append((item, exc.reason))
         await self.context.writer.append(rows)
+        if rows:
+            self.activity.accepted(source.id, len(rows), received_at)
+        for item, reason in refused_items:
+            self._rejected_message(call, source, item, reason, received_at)
         if rejected:
             raise _rejection(
                 f"{len(rejected)} of {len(items)} messages were rejected; "
@@ -254,7 +326,7 @@ class _Handlers:
             )
 
 
-Handler = Callable[[Headers, Receive], Awaitable[None]]
+Handler = Callable[[Headers, Receive, _Call], Awaitable[None]]
 _WANTED_HEADERS = frozenset(
     {b"authorization", b"content-type", b"content-encoding", b"content-length"}
 )
@@ -280,8 +352,8 @@ class TrackingAPI:
         if kind is None:
             return self._handlers.batch
 
-        async def single(headers: Headers, receive: Receive) -> None:
-            await self._handlers.single(headers, receive, kind)
+        async def single(headers: Headers, receive: Receive, call: _Call) -> None:
+            await self._handlers.single(headers, receive, call, kind)
 
         return single
 
@@ -306,9 +378,11 @@ class TrackingAPI:
             for name, value in scope["headers"]
             if name in _WANTED_HEADERS
         }
+        call = _Call()
         try:
-            await handler(headers, receive)
+            await handler(headers, receive, call)
         except HTTPError as exc:
+            self._handlers.refused(call, exc)
             extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
             await _respond(send, exc.status_code, exc.to_dict(), extra)
             return

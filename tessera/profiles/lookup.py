@@ -6,8 +6,9 @@ every request this path does not take. This path takes only what it can answer e
 the route would: a GET of one profile with a Bearer token that `TokenCache` holds and whose
 role may read profiles. Everything else (a session cookie, a token not checked for a while,
 no or bad credentials, any other method or path) goes on to FastAPI unchanged, so refusals
-have one implementation. The body is `show_profile`'s, rendered through `ProfileOut` as the
-route renders it, and errors are rendered as `api/errors.py` renders them.
+have one implementation. The body is `show_profile`'s (`profiles/service.py`), rendered
+through `ProfileOut` as the route renders it, and errors are rendered as `api/errors.py`
+renders them.
 
 On SQLite the store work runs on the event loop: it is a few indexed reads of a local file
 (about 0.3 ms), cheaper than the hop to a worker thread and back, and in WAL mode a reader
@@ -31,8 +32,8 @@ from tessera.auth.tokens import TokenCache
 from tessera.errors import HTTPError
 from tessera.identity.config import IdentityRules
 from tessera.logs import event
-from tessera.profiles.api import Memberships, show_profile
 from tessera.profiles.schemas import ProfileOut
+from tessera.profiles.service import Memberships, show_profile
 from tessera.store.engine import is_sqlite
 
 log = logging.getLogger(__name__)

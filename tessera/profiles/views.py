@@ -1,11 +1,10 @@
-"""Reading profiles: resolve a reference, assemble the unified view, page the timeline."""
+"""Reading profiles: resolve a reference, assemble the unified view, its identifiers, merges
+and the graph they draw (the timeline is in `timeline.py`)."""
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -319,75 +318,58 @@ def list_merges(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _encode_cursor(timestamp: datetime, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{timestamp.isoformat()}|{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, seq = text.partition("|")
-        return datetime.fromisoformat(stamp), int(seq)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(f"cursor {cursor[:40]!r} is not one this API gave out") from None
-
-
-def list_profile_events(
-    conn: Connection,
-    profile_id: str,
-    *,
-    types: list[str] | None = None,
-    names: list[str] | None = None,
-    cursor: str | None = None,
-    limit: int = 50,
-) -> dict[str, Any]:
-    """The timeline, newest first (by corrected timestamp), a page at a time."""
+def trait_origins(conn: Connection, profile_id: str) -> dict[str, dict[str, Any]]:
+    """For each trait, the event its current value came from: `{name: {seq, type, event}}`
+    (the event's name, if it has one). Provenance's source and time are in `get_profile`."""
     query = (
-        sa.select(events, sources.c.name.label("source_name"))
+        sa.select(profile_traits.c.name, events.c.seq, events.c.type, events.c.name.label("event"))
+        .select_from(profile_traits.join(events, events.c.seq == profile_traits.c.seq))
+        .where(profile_traits.c.profile_id == profile_id)
+    )
+    return {
+        row.name: {"seq": row.seq, "type": row.type, "event": row.event}
+        for row in conn.execute(query)
+    }
+
+
+def identity_graph(conn: Connection, profile_id: str) -> dict[str, Any]:
+    """How a profile was built: `members` (the profile and every profile merged into it,
+    oldest first, each with `created_at`), `identifiers` (each with `origin`: the member it
+    was first linked to) and `merges` (as `list_merges`), for drawing the graph of who
+    brought what and which merges joined them.
+
+    An identifier's origin is the profile its first event was applied to
+    (`event_profiles.applied_to`), which later merges do not move; events applied before
+    revision 0008 have none, and their identifiers are shown on the profile itself."""
+    members = [
+        {"id": row.id, "created_at": row.created_at}
+        for row in conn.execute(
+            sa.select(profiles.c.id, profiles.c.created_at)
+            .where(sa.or_(profiles.c.id == profile_id, profiles.c.merged_into == profile_id))
+            .order_by(profiles.c.created_seq)
+        )
+    ]
+    known = {member["id"] for member in members}
+    query = (
+        sa.select(
+            identities.c.type,
+            identities.c.value,
+            identities.c.first_seq,
+            event_profiles.c.applied_to,
+        )
         .select_from(
-            event_profiles.join(events, events.c.seq == event_profiles.c.seq).outerjoin(
-                sources, sources.c.id == events.c.source_id
-            )
+            identities.outerjoin(event_profiles, event_profiles.c.seq == identities.c.first_seq)
         )
-        .where(event_profiles.c.profile_id == profile_id)
-        .order_by(events.c.timestamp.desc(), events.c.seq.desc())
-        .limit(limit + 1)
+        .where(identities.c.profile_id == profile_id)
+        .order_by(identities.c.first_seq, identities.c.type, identities.c.value)
     )
-    if types:
-        query = query.where(events.c.type.in_(types))
-    if names:
-        query = query.where(events.c.name.in_(names))
-    if cursor:
-        stamp, seq = _decode_cursor(cursor)
-        query = query.where(
-            sa.or_(
-                events.c.timestamp < stamp, sa.and_(events.c.timestamp == stamp, events.c.seq < seq)
-            )
-        )
-    rows = list(conn.execute(query))
-    items = []
-    for row in rows[:limit]:
-        payload = orjson.loads(row.payload)
-        items.append(
-            {
-                "seq": row.seq,
-                "messageId": row.message_id,
-                "type": row.type,
-                "event": payload.get("event") if row.type == "track" else None,
-                "name": payload.get("name") if row.type in ("page", "screen") else None,
-                "userId": row.user_id,
-                "anonymousId": row.anonymous_id,
-                "timestamp": row.timestamp,
-                "receivedAt": row.received_at,
-                "properties": payload.get("properties"),
-                "traits": payload.get("traits"),
-                "context": payload.get("context"),
-                "source": row.source_name,
-            }
-        )
-    next_cursor = (
-        _encode_cursor(rows[limit - 1].timestamp, rows[limit - 1].seq)
-        if len(rows) > limit
-        else None
-    )
-    return {"items": items, "next_cursor": next_cursor}
+    found = [
+        {
+            "type": row.type,
+            "value": row.value,
+            "first_seq": row.first_seq,
+            "origin": row.applied_to if row.applied_to in known else profile_id,
+        }
+        for row in conn.execute(query)
+    ]
+    return {"members": members, "identifiers": found, "merges": list_merges(conn, profile_id)}

@@ -58,6 +58,7 @@ PATH_VALUES: dict[str, str] = {
     "export_id": "exp_nope",
     "destination_id": "dst_nope",
     "message_id": "999999",
+    "source_id": "999999",
 }
 # A valid example body for each route that takes one, so that an allowed role's request is
 # not refused for its shape.
@@ -85,6 +86,8 @@ BODIES: dict[tuple[str, str], Any] = {
     },
     ("PATCH", f"{API}/destinations/{{destination_id}}"): {"enabled": False},
     ("POST", f"{API}/destinations/{{destination_id}}/dead-letters/replay"): {},
+    ("POST", f"{API}/sources"): {"name": "matrix"},
+    ("PATCH", f"{API}/sources/{{source_id}}"): {"enabled": False},
 }
 SEED = [
     {

@@ -39,10 +39,15 @@ def test_source_lifecycle(store_url: str) -> None:
     key = created.stdout.strip().splitlines()[-1]
     assert len(key) == 32
     listed = run(store_url, "source", "list").stdout
-    assert "web" in listed and key in listed and "enabled" in listed
+    # The key is shown once: the list has its first characters only.
+    assert "web" in listed and key[:6] in listed and "enabled" in listed
+    assert key not in listed
     assert "disabled source 'web'" in run(store_url, "source", "disable", "web").stdout
     assert "disabled" in run(store_url, "source", "list").stdout
     assert "enabled source 'web'" in run(store_url, "source", "enable", "web").stdout
+    rotated = run(store_url, "source", "rotate-key", "web").stdout.strip().splitlines()[-1]
+    assert len(rotated) == 32 and rotated != key
+    assert rotated[:6] in run(store_url, "source", "list").stdout
 
 
 @pytest.mark.parametrize(

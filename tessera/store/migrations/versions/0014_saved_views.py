@@ -1,7 +1,7 @@
 """web: saved views of list pages
 
 Revision ID: 0014
-Revises: 0009
+Revises: 0013
 Create Date: 2026-12-03 17:00:00
 
 A saved view is a list page's query string (filters, sort, columns) under a name, one's own
@@ -16,7 +16,7 @@ from alembic import op
 from tessera.store.types import UtcDateTime
 
 revision = "0014"
-down_revision = "0009"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
