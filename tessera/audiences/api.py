@@ -124,8 +124,8 @@ def create_audience(
 @audiences_router.post("/preview", response_model=PreviewOut, summary="Preview a draft")
 def preview(body: PreviewIn, request: Request, conn: ConnectionDep, _: Reader) -> dict[str, Any]:
     """The size and a sample of members of a draft definition, as of now; nothing is saved.
-    Exact when every profile is evaluated within about 1.5 s, extrapolated (and marked
-    `exact: false`) past it."""
+    Exact when every profile is evaluated within about 1.5 s; past it, estimated from
+    windows spread over all profiles, marked `exact: false`, with a 95% `margin`."""
     check_plain_json(body.definition)
     return preview_audience(conn, document=body.definition, now=request.app.state.pipeline.clock())
 

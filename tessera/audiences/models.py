@@ -1,6 +1,6 @@
 """Tables of audiences: definitions (people's decisions), current members and their count,
-membership history, the published change stream, hourly size snapshots, and the time-based
-re-evaluation schedule."""
+membership history, the published change stream and its count per day, hourly size
+snapshots, and the time-based re-evaluation schedule."""
 
 from __future__ import annotations
 
@@ -58,15 +58,24 @@ audience_changes = sa.Table(
     metadata,
     # The published stream activation consumes in `seq` order: one row per entry or exit.
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("audience_id", AUDIENCE_ID, nullable=False),
+    sa.Column("audience_id", AUDIENCE_ID, nullable=False, index=True),
     sa.Column("profile_id", PROFILE_ID, nullable=False),
     sa.Column("change", sa.String(8), nullable=False),  # "entered" | "exited"
     sa.Column("at", UtcDateTime, nullable=False),
     # What caused it: "event:<messageId>", "time", "merge:<survivor>", "definition".
     sa.Column("cause", sa.String(300), nullable=False),
-    # Entries and exits per day of one audience (`trends.daily_changes`) read a range of
-    # this index and nothing else (`change` makes it covering).
-    sa.Index("ix_audience_changes_audience_id_at", "audience_id", "at", "change"),
+)
+
+audience_daily_changes = sa.Table(
+    "audience_daily_changes",
+    metadata,
+    # The change stream counted per audience and UTC day, kept with it in the same
+    # transaction (derived state: rebuild empties both). A build's day holds every member
+    # entering at once, hundreds of thousands of rows of the stream; this is one row.
+    sa.Column("audience_id", AUDIENCE_ID, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("entered", sa.BigInteger, nullable=False),
+    sa.Column("exited", sa.BigInteger, nullable=False),
 )
 
 audience_sizes = sa.Table(

@@ -78,10 +78,12 @@ def _daily_trend(points: list[tuple[datetime, int]]) -> list[dict[str, Any]]:
     return [{"at": hour, "size": members} for hour, members in by_day.values()]
 
 
-def audience_overview(conn: Connection, *, now: datetime) -> list[dict[str, Any]]:
+def audience_overview(conn: Connection, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every audience for the list page, oldest first: size, status, phase and progress,
-    the week's trend (a point a day) and its size a week ago (the oldest snapshot in the
-    week; None before the first), created and updated. Five queries in all."""
+    the week's trend up to `now` (default: the wall clock; a point a day) and its size a
+    week ago (the oldest snapshot in the week; None before the first), created and
+    updated. Five queries in all."""
+    now = now or datetime.now(UTC)
     rows = list(conn.execute(sa.select(audiences).order_by(audiences.c.created_at)))
     if not rows:
         return []
@@ -91,7 +93,9 @@ def audience_overview(conn: Connection, *, now: datetime) -> list[dict[str, Any]
     needs = _dependencies(rows, trait_rows)
     sizes = sizes_of(conn)
     head = log_head(conn)
-    recent = recent_snapshots(conn, since=now - timedelta(days=TREND_DAYS))
+    recent = recent_snapshots(
+        conn, audience_ids=[row.id for row in rows], since=now - timedelta(days=TREND_DAYS)
+    )
     out = []
     for row in rows:
         phase, progress = _phase(row, needs.get(row.id), traits, statuses, head)

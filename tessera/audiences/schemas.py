@@ -222,8 +222,12 @@ class PreviewIn(BaseModel):
 class PreviewOut(BaseModel):
     size: int = Field(description="Members the draft would have now (estimated when not exact).")
     exact: bool = Field(description="Every profile was evaluated within the time budget.")
+    margin: int | None = Field(
+        description="The estimate's 95% half-width (size ± margin); 0 when exact, null when "
+        "too few profiles were evaluated to tell."
+    )
     evaluated_profiles: int
-    profiles: int = Field(description="Profiles in all.")
+    profiles: int = Field(description="Profiles in all (counted within the last 30 s).")
     sample: list[str] = Field(description="Some members' profile ids.")
     computed_from_events: list[str] = Field(
         description="Event conditions no computed trait answers yet, computed from the events."

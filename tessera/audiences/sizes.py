@@ -1,20 +1,27 @@
-"""Audience sizes as the store keeps them: a count per audience moved by every entry and
-exit in the transaction that writes them, so pages read a size instead of counting members.
+"""Counts the store keeps about audiences so that pages read them instead of counting
+rows: each audience's size, and its entries and exits per UTC day. Both move with every
+entry and exit in the transaction that writes them.
 
-`audience_sizes` is derived state like the members it counts: rebuild empties both, and
-the re-derivation counts again. An audience with no row has no members.
+They are derived state like the members and the change stream they count: rebuild
+empties all of them, and the re-derivation counts again. An audience with no size row has
+no members; a day without a row had no change.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tessera.audiences.models import audience_size_snapshots, audience_sizes
+from tessera.audiences.models import (
+    audience_daily_changes,
+    audience_size_snapshots,
+    audience_sizes,
+)
+from tessera.store.upsert import bind_time
 
 
 def count_members(
@@ -22,25 +29,38 @@ def count_members(
     *,
     exits: Iterable[tuple[str, str, str]],
     entries: Iterable[tuple[str, str, str]],
-    now: datetime | str,
+    now: datetime,
 ) -> None:
-    """Move the sizes by the (audience, profile, cause) `entries` and `exits` whose member
-    rows the caller has just written. `now` is a driver parameter (`bind_time`)."""
-    deltas: dict[str, int] = defaultdict(int)
-    for audience_id, _, _ in exits:
-        deltas[audience_id] -= 1
+    """Count the (audience, profile, cause) `entries` and `exits` whose member rows and
+    change stream rows the caller has just written at `now`."""
+    deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # audience → [in, out]
     for audience_id, _, _ in entries:
-        deltas[audience_id] += 1
-    # In audience order, so two writers on PostgreSQL lock the rows in the same order.
-    rows = [(aid, delta, now) for aid, delta in sorted(deltas.items()) if delta]
-    if not rows:
+        deltas[audience_id][0] += 1
+    for audience_id, _, _ in exits:
+        deltas[audience_id][1] += 1
+    if not deltas:
         return
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    # In audience order, so two writers on PostgreSQL lock the rows in the same order.
+    changed = sorted(deltas.items())
+    sqlite = conn.dialect.name == "sqlite"
+    mark = "?" if sqlite else "%s"
+    moment = bind_time(conn, now)
+    day = now.astimezone(UTC).date()
+    sizes = [(aid, came - left, moment) for aid, (came, left) in changed if came != left]
+    if sizes:
+        conn.exec_driver_sql(
+            "INSERT INTO audience_sizes (audience_id, members, updated_at) "
+            f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (audience_id) DO UPDATE SET "
+            "members = audience_sizes.members + excluded.members, "
+            "updated_at = excluded.updated_at",
+            sizes,
+        )
     conn.exec_driver_sql(
-        "INSERT INTO audience_sizes (audience_id, members, updated_at) "
-        f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (audience_id) DO UPDATE SET "
-        "members = audience_sizes.members + excluded.members, updated_at = excluded.updated_at",
-        rows,
+        "INSERT INTO audience_daily_changes (audience_id, day, entered, exited) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT (audience_id, day) DO UPDATE SET "
+        "entered = audience_daily_changes.entered + excluded.entered, "
+        "exited = audience_daily_changes.exited + excluded.exited",
+        [(aid, day.isoformat() if sqlite else day, came, left) for aid, (came, left) in changed],
     )
 
 
@@ -55,8 +75,11 @@ def sizes_of(conn: Connection, audience_ids: list[str] | None = None) -> dict[st
 
 
 def forget_audience(conn: Connection, *, audience_id: str) -> None:
-    """A deleted audience's size and its snapshots go with it."""
+    """A deleted audience's counts and its snapshots go with it."""
     conn.execute(audience_sizes.delete().where(audience_sizes.c.audience_id == audience_id))
+    conn.execute(
+        audience_daily_changes.delete().where(audience_daily_changes.c.audience_id == audience_id)
+    )
     conn.execute(
         audience_size_snapshots.delete().where(audience_size_snapshots.c.audience_id == audience_id)
     )

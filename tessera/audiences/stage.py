@@ -120,11 +120,15 @@ class DerivedState:
             ):
                 self._scheduled[row.profile_id][row.item] = row.due_at
 
-    def load_range(self, conn: Connection, low: str, high: str, audience_id: str) -> None:
+    def load_range(
+        self, conn: Connection, low: str, high: str, audience_id: str, *, own: bool = True
+    ) -> None:
         """Everything evaluating `audience_id` reads, for profiles with `low < id <= high`:
-        range scans on the primary keys instead of long IN lists (a build reads them all)."""
+        range scans on the primary keys instead of long IN lists (a build reads them all).
+        `own`: its own memberships too (a build compares with them; a draft has none)."""
         entry = self.catalog.audiences[audience_id]
         needs = entry.definition.dependencies
+        audiences_read = needs.audiences | ({audience_id} if own else set())
         in_range = (
             computed_trait_values.c.profile_id > low,
             computed_trait_values.c.profile_id <= high,
@@ -140,14 +144,15 @@ class DerivedState:
                 self.values[row.profile_id][row.name] = (
                     orjson.loads(row.value) if row.value is not None else None
                 )
-        for member in conn.execute(
-            sa.select(audience_members.c.audience_id, audience_members.c.profile_id).where(
-                audience_members.c.profile_id > low,
-                audience_members.c.profile_id <= high,
-                audience_members.c.audience_id.in_(sorted(needs.audiences | {audience_id})),
-            )
-        ):
-            self.members[member.profile_id].add(member.audience_id)
+        if audiences_read:
+            for member in conn.execute(
+                sa.select(audience_members.c.audience_id, audience_members.c.profile_id).where(
+                    audience_members.c.profile_id > low,
+                    audience_members.c.profile_id <= high,
+                    audience_members.c.audience_id.in_(sorted(audiences_read)),
+                )
+            ):
+                self.members[member.profile_id].add(member.audience_id)
         if needs.traits:
             for row in conn.execute(
                 sa.select(
@@ -426,7 +431,7 @@ class DerivedState:
                 f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
                 [(aid, pid, change, now, cause[:300]) for change, (aid, pid, cause) in changes],
             )
-        count_members(conn, exits=exits, entries=entries, now=now)
+        count_members(conn, exits=exits, entries=entries, now=self.now)
 
     def _flush_schedule(self, conn: Connection) -> None:
         keys = sorted(key for key in self.schedule if key[0] not in self._deleted_profiles)

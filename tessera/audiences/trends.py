@@ -2,11 +2,11 @@
 hour, the size trend those snapshots give, and entries and exits per day from the change
 stream.
 
-Snapshots read the kept sizes (`sizes.py`), so an hour's round costs one small query per
-audience set, whatever the audiences' sizes. They are observations, not derived state:
-rebuild keeps them (a rebuild's dip in size is what happened). Entries and exits per day
-count `audience_changes` rows through its (audience_id, at, change) index; rebuild
-empties that stream, so the days before a rebuild show what the rebuild re-entered.
+Snapshots read the kept sizes (`sizes.py`), so an hour's round costs one small query,
+whatever the audiences' sizes. They are observations, not derived state: rebuild keeps
+them (a rebuild's dip in size is what happened). Entries and exits per day read the kept
+daily counts of the change stream (`sizes.py`); rebuild empties the stream and them, so
+after a rebuild its day shows every member entering.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from tessera.audiences.models import (
-    audience_changes,
+    audience_daily_changes,
     audience_size_snapshots,
     audience_sizes,
     audiences,
@@ -36,6 +36,7 @@ snapshots = audience_size_snapshots
 # an audience created meanwhile gets its first point within seconds, not at the next hour.
 # A look that finds every row taken is one read, in a transaction that writes nothing.
 LOOK_AGAIN_SECONDS = 5.0
+KEEP_DAYS = 400  # snapshots older than this are deleted (the trend API reads at most 400)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -64,6 +65,8 @@ def take_snapshots(conn: Connection, *, now: datetime) -> int:
         return 0
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     conn.execute(insert(snapshots).on_conflict_do_nothing(), rows)
+    # Once an hour (a new hour's first round), the oldest go: the API reads KEEP_DAYS back.
+    conn.execute(snapshots.delete().where(snapshots.c.hour < hour - timedelta(days=KEEP_DAYS)))
     return len(rows)
 
 
@@ -116,57 +119,51 @@ def size_trend(
     return [{"at": hour, "size": int(members)} for hour, members in conn.execute(query)]
 
 
-def recent_snapshots(conn: Connection, *, since: datetime) -> dict[str, list[tuple[datetime, int]]]:
-    """Every audience's snapshots from `since`, oldest first, in one query (list pages)."""
+def recent_snapshots(
+    conn: Connection, *, audience_ids: list[str], since: datetime
+) -> dict[str, list[tuple[datetime, int]]]:
+    """The audiences' snapshots from `since`, oldest first, in one query (list pages): a
+    range of the primary key per audience, however long the history is."""
     found: dict[str, list[tuple[datetime, int]]] = {}
+    if not audience_ids:
+        return found
     for audience_id, hour, members in conn.execute(
         sa.select(snapshots.c.audience_id, snapshots.c.hour, snapshots.c.members)
-        .where(snapshots.c.hour >= hour_of(since))
+        .where(snapshots.c.audience_id.in_(audience_ids), snapshots.c.hour >= hour_of(since))
         .order_by(snapshots.c.audience_id, snapshots.c.hour)
     ):
         found.setdefault(audience_id, []).append((hour, int(members)))
     return found
 
 
-def _day_of(conn: Connection) -> sa.ColumnElement[str]:
-    """`audience_changes.at` as its UTC day, "YYYY-MM-DD", on either backend."""
-    if conn.dialect.name == "postgresql":
-        return sa.func.to_char(
-            sa.func.timezone("UTC", audience_changes.c.at), "YYYY-MM-DD", type_=sa.String
-        )
-    # SQLite holds `UtcDateTime` as UTC wall-time text: the day is its first ten characters.
-    return sa.func.substr(audience_changes.c.at, 1, 10, type_=sa.String)
-
-
 def daily_changes(
-    conn: Connection, *, audience_id: str, days: int, now: datetime
+    conn: Connection, *, audience_id: str, days: int, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Entries and exits of the audience per UTC day, for the `days` days up to and
-    including `now`'s, oldest first, every day present (0 when nothing happened)."""
+    including `now`'s (default: the wall clock's), oldest first, every day present (0 when
+    nothing happened): at most `days` rows of the kept daily counts."""
     if days < 1:
         raise ValueError(f"days is at least 1, not {days}")
     _check_audience(conn, audience_id)
-    today = now.astimezone(UTC).date()
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
     first = today - timedelta(days=days - 1)
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    end = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=1)
-    day = _day_of(conn).label("day")
-    counts: dict[str, dict[str, int]] = {}
-    for found_day, change, count in conn.execute(
-        sa.select(day, audience_changes.c.change, sa.func.count())
-        .where(
-            audience_changes.c.audience_id == audience_id,
-            audience_changes.c.at >= start,
-            audience_changes.c.at < end,
+    counts = {
+        row.day: (int(row.entered), int(row.exited))
+        for row in conn.execute(
+            sa.select(
+                audience_daily_changes.c.day,
+                audience_daily_changes.c.entered,
+                audience_daily_changes.c.exited,
+            ).where(
+                audience_daily_changes.c.audience_id == audience_id,
+                audience_daily_changes.c.day >= first,
+                audience_daily_changes.c.day <= today,
+            )
         )
-        .group_by(day, audience_changes.c.change)
-    ):
-        counts.setdefault(str(found_day), {})[str(change)] = int(count)
+    }
     out = []
     for offset in range(days):
-        moment: date = first + timedelta(days=offset)
-        seen = counts.get(moment.isoformat(), {})
-        out.append(
-            {"day": moment, "entered": seen.get("entered", 0), "exited": seen.get("exited", 0)}
-        )
+        day: date = first + timedelta(days=offset)
+        entered, exited = counts.get(day, (0, 0))
+        out.append({"day": day, "entered": entered, "exited": exited})
     return out

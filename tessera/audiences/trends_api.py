@@ -16,7 +16,7 @@ from tessera.api.deps import ConnectionDep, Principal, require
 from tessera.audiences.overview import audience_overview
 from tessera.audiences.schemas import AudienceOverviewOut, DailyChangesOut, SizeTrendOut
 from tessera.audiences.sizes import sizes_of
-from tessera.audiences.trends import daily_changes, size_trend
+from tessera.audiences.trends import KEEP_DAYS, daily_changes, size_trend
 
 router = APIRouter(prefix="/api/v1/audiences", tags=["audiences"])
 Reader = Annotated[Principal, Depends(require("audiences:read"))]
@@ -39,7 +39,7 @@ def trend(
     request: Request,
     conn: ConnectionDep,
     _: Reader,
-    days: Annotated[int, Query(ge=1, le=400, description="How many days back.")] = 7,
+    days: Annotated[int, Query(ge=1, le=KEEP_DAYS, description="How many days back.")] = 7,
 ) -> dict[str, Any]:
     """Hourly size snapshots (taken by the worker while `tessera serve` or `tessera worker`
     runs) of the last `days` days."""

@@ -50,6 +50,7 @@ DERIVED_TABLES = (
     "audience_sizes",
     "audience_history",
     "audience_changes",
+    "audience_daily_changes",
     "evaluation_schedule",
     "identity_dropped_identifiers",
     "event_profiles",

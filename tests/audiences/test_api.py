@@ -17,7 +17,6 @@ from tessera.audiences.sizes import count_members
 from tessera.auth.tokens import create_token
 from tessera.config import Settings
 from tessera.processor import wait_until_caught_up
-from tessera.store.upsert import bind_time
 from tests.conftest import LiveTessera, start_live
 from tests.ingest.helpers import post
 
@@ -478,7 +477,7 @@ def test_members_page_by_page(quiet: LiveTessera) -> None:
         )
         # Written by hand, as the processor writes members: the kept size moves with them.
         entries = [(audience["id"], pid, "test") for pid in ids]
-        count_members(conn, exits=[], entries=entries, now=bind_time(conn, entered))
+        count_members(conn, exits=[], entries=entries, now=entered)
     members = f"{AUDIENCES}/{audience['id']}/members"
     assert api.ok("GET", f"{AUDIENCES}/{audience['id']}")["size"] == 250
 

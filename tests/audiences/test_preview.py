@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from tessera.audiences import service
-from tessera.audiences.preview import preview_audience
+from tessera.audiences import preview, service
+from tessera.audiences.preview import key_windows, preview_audience, visiting_order
 from tests.audiences.test_stage import T0, Clock, make_pipeline, members, order, settle
 from tests.identity.helpers import ingest
 
@@ -74,11 +77,53 @@ def test_preview_matches_the_built_audience(engine: Engine) -> None:
     assert again["computed_from_events"] == [] and again["size"] == len(built)
 
 
-def test_past_its_budget_the_preview_extrapolates(engine: Engine) -> None:
+def test_past_its_budget_the_preview_estimates_and_says_so(engine: Engine) -> None:
     clock = populate(engine)
     with engine.connect() as conn:
+        exact = preview_audience(conn, document=DRAFT, now=clock.now)
         preview = preview_audience(
-            conn, document=DRAFT, now=clock.now, budget_seconds=0.0, chunk=10
+            conn, document=DRAFT, now=clock.now, budget_seconds=0.0, window_profiles=10
         )
-    assert preview["exact"] is False
-    assert preview["evaluated_profiles"] == 10 and preview["profiles"] == 60
+    assert preview["exact"] is False and exact["exact"] is True and exact["margin"] == 0
+    # One window of about ten profiles, taken from the whole key space, scaled up.
+    assert 0 < preview["evaluated_profiles"] < 60 and preview["profiles"] == 60
+    assert preview["margin"] is None  # one window says nothing of the spread
+    with engine.connect() as conn:
+        wider = preview_audience(
+            conn, document=DRAFT, now=clock.now, budget_seconds=0.0, window_profiles=1
+        )
+    assert wider["exact"] is False
+    assert set(wider["sample"]) <= set(exact["sample"])
+
+
+def test_a_window_still_reading_past_the_deadline_is_left_out(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = populate(engine)
+    monkeypatch.setattr(preview, "GRACE_SECONDS", -1e9)  # every deadline has passed
+    with engine.connect() as conn:
+        first = preview_audience(
+            conn, document=DRAFT, now=clock.now, budget_seconds=1e9, window_profiles=10
+        )
+    # The first window with profiles is always evaluated, so there is something to say.
+    assert first["exact"] is False and 0 < first["evaluated_profiles"] < 60
+    assert first["computed_from_events"]  # its events were read; the next window's were not
+
+
+@given(
+    ids=st.lists(st.integers(1, 10**9), min_size=1, max_size=50),
+    count=st.integers(1, 3000),
+)
+def test_key_windows_hold_every_profile_id_once(ids: list[int], count: int) -> None:
+    windows = key_windows(count)
+    assert len(windows) == count
+    for n in ids:
+        pid = f"prf_{n}"
+        assert sum(low < pid <= high for low, high in windows) == 1
+
+
+@given(count=st.integers(1, 5000))
+def test_windows_are_visited_once_each_in_a_repeatable_order(count: int) -> None:
+    order = visiting_order(count)
+    assert sorted(order) == list(range(count))
+    assert visiting_order(count) == order  # the same draft answers the same

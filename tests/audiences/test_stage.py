@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tessera.audiences import service
+from tessera.audiences.models import audience_changes, audience_daily_changes, audiences
 from tessera.identity.config import IdentityRules
 from tessera.processor import (
     Pipeline,
@@ -235,7 +236,36 @@ def derived(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
     counted = Counter(audience_id for audience_id, _ in found["members"])
     assert dict(found["sizes"]) == dict(counted), "kept sizes differ from the members"
+    assert kept_daily_changes(engine) == counted_daily_changes(engine)
     return found
+
+
+def kept_daily_changes(engine: Engine) -> dict[tuple[str, Any], tuple[int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                audience_daily_changes.c.audience_id,
+                audience_daily_changes.c.day,
+                audience_daily_changes.c.entered,
+                audience_daily_changes.c.exited,
+            )
+        )
+        return {(row[0], row[1]): (row[2], row[3]) for row in rows if row[2] or row[3]}
+
+
+def counted_daily_changes(engine: Engine) -> dict[tuple[str, Any], tuple[int, int]]:
+    """The change stream of existing audiences counted per UTC day."""
+    counts: dict[tuple[str, Any], list[int]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(audience_changes.c.audience_id, audience_changes.c.change,
+                      audience_changes.c.at)
+            .join(audiences, audiences.c.id == audience_changes.c.audience_id)
+        )  # fmt: skip
+        for audience_id, change, at in rows:
+            pair = counts.setdefault((audience_id, at.date()), [0, 0])
+            pair[change == "exited"] += 1
+    return {key: (pair[0], pair[1]) for key, pair in counts.items()}
 
 
 def test_rebuild_reaches_the_same_memberships(engine: Engine) -> None:

@@ -16,7 +16,13 @@ from tessera.audiences import service
 from tessera.audiences.catalog import load_catalog
 from tessera.audiences.overview import audience_overview, computed_trait_overview
 from tessera.audiences.stage import backfill_step, build_step
-from tessera.audiences.trends import SizeSnapshots, daily_changes, size_trend, take_snapshots
+from tessera.audiences.trends import (
+    KEEP_DAYS,
+    SizeSnapshots,
+    daily_changes,
+    size_trend,
+    take_snapshots,
+)
 from tessera.processor import wait_until_caught_up
 from tessera.store import upgrade
 from tessera.store.migrate import alembic_config
@@ -80,6 +86,20 @@ def test_snapshots_are_taken_once_per_audience_and_hour(engine: Engine) -> None:
         service.delete_audience(conn, audience_id=late["id"])
         left = conn.execute(sa.text("SELECT DISTINCT audience_id FROM audience_size_snapshots"))
         assert late["id"] not in {row[0] for row in left}
+
+
+def test_snapshots_older_than_the_trend_reads_are_deleted(engine: Engine) -> None:
+    ids = define(engine)
+    settle(engine, make_pipeline(Clock(T0)))
+    with engine.begin() as conn:
+        for at in (T0, T0 + timedelta(days=KEEP_DAYS), T0 + timedelta(days=KEEP_DAYS, hours=1)):
+            take_snapshots(conn, now=at)
+    with engine.connect() as conn:
+        kept = size_trend(conn, audience_id=ids["repeat"], since=T0 - timedelta(days=1))
+    assert [point["at"] for point in kept] == [
+        T0 + timedelta(days=KEEP_DAYS),
+        T0 + timedelta(days=KEEP_DAYS, hours=1),
+    ]
 
 
 def test_entries_and_exits_per_day_fill_every_day(engine: Engine) -> None:
@@ -169,11 +189,52 @@ def test_progress_while_backfilling_then_building(engine: Engine) -> None:
     assert audience["size"] == 10  # every user spent 50 or more
 
 
+def test_the_list_pages_take_the_same_queries_for_any_number_of_definitions(
+    engine: Engine,
+) -> None:
+    def statements(function: Any) -> int:
+        seen: list[str] = []
+
+        def note(*args: Any) -> None:
+            seen.append(args[2])
+
+        sa.event.listen(engine, "before_cursor_execute", note)
+        try:
+            with engine.connect() as conn:
+                function(conn)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", note)
+        return len(seen)
+
+    def pages() -> tuple[int, int]:
+        return (
+            statements(lambda conn: audience_overview(conn, now=T0)),
+            statements(lambda conn: computed_trait_overview(conn, include_implicit=True)),
+        )
+
+    define(engine)
+    few = pages()
+    with engine.begin() as conn:
+        for n in range(5):
+            service.create_audience(
+                conn, name=f"more {n}", description="", actor=None,
+                document={"event": f"Event {n}", "performed": True, "window": {"days": n + 1}},
+            )  # fmt: skip
+    assert pages() == few
+
+
 def test_an_upgraded_store_knows_its_sizes(engine: Engine) -> None:
     pipe = make_pipeline(Clock(T0))
     ids = define(engine)
     ingest(engine, [order(user, 10, T0 - timedelta(days=n)) for user in "ab" for n in (1, 2)])
     settle(engine, pipe)
+
+    def days() -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            return daily_changes(conn, audience_id=ids["repeat"], days=3, now=T0)
+
+    before = days()
+    assert before[-1] == {"day": T0.date(), "entered": 2, "exited": 0}
     config = alembic_config()
     with engine.connect() as conn:
         config.attributes["connection"] = conn
@@ -184,6 +245,7 @@ def test_an_upgraded_store_knows_its_sizes(engine: Engine) -> None:
         audiences = {item["id"]: item for item in service.list_audiences(conn)}
     assert audiences[ids["repeat"]]["size"] == 2
     assert audiences[ids["repeat"]]["build"]["profiles"] == 2
+    assert days() == before  # counted from the change stream
 
 
 # ---------------------------------------------------------------------------------------------

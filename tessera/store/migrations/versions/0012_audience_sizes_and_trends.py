@@ -1,16 +1,15 @@
-"""audiences: kept sizes, hourly size snapshots, build totals, changes by audience and time
+"""audiences: kept sizes and daily changes, hourly size snapshots, build totals
 
 Revision ID: 0012
 Revises: 0014
 Create Date: 2026-12-04 10:00:00
 
-Pages read an audience's size instead of counting its members: `audience_sizes` is kept
-with every entry and exit (filled here from the members). A worker job writes the size of
-every audience once an hour (`audience_size_snapshots`). A build records how many profiles
-it walks (`audiences.build_total`, filled here with today's count), so its progress is read
-without counting profiles. Entries and exits per day read `audience_changes` through an
-index on (audience_id, at, change), which replaces the one on audience_id alone (a prefix
-of it).
+Pages read an audience's size and its entries and exits per day instead of counting rows:
+`audience_sizes` and `audience_daily_changes` are kept with every entry and exit (filled
+here from the members and the change stream). A worker job writes the size of every
+audience once an hour (`audience_size_snapshots`). A build records how many profiles it
+walks (`audiences.build_total`, filled here with today's count), so its progress is read
+without counting profiles.
 """
 
 from __future__ import annotations
@@ -48,17 +47,35 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("build_total", sa.BigInteger(), server_default="0", nullable=False)
         )
-    with op.batch_alter_table("audience_changes", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audience_changes_audience_id"))
-        batch_op.create_index(
-            "ix_audience_changes_audience_id_at", ["audience_id", "at", "change"], unique=False
-        )
+    op.create_table(
+        "audience_daily_changes",
+        sa.Column("audience_id", sa.String(length=32), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("entered", sa.BigInteger(), nullable=False),
+        sa.Column("exited", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("audience_id", "day", name=op.f("pk_audience_daily_changes")),
+    )
+    bind = op.get_bind()
     now = sa.bindparam("now", datetime.now(UTC), type_=UtcDateTime())
-    op.get_bind().execute(
+    bind.execute(
         sa.text(
             "INSERT INTO audience_sizes (audience_id, members, updated_at) "
             "SELECT audience_id, count(*), :now FROM audience_members GROUP BY audience_id"
         ).bindparams(now)
+    )
+    # SQLite holds times as UTC wall-time text and dates as "YYYY-MM-DD".
+    day = (
+        "substr(at, 1, 10)"
+        if bind.dialect.name == "sqlite"
+        else "CAST(timezone('UTC', at) AS date)"
+    )
+    op.execute(
+        "INSERT INTO audience_daily_changes (audience_id, day, entered, exited) "
+        f"SELECT c.audience_id, {day}, "
+        "sum(CASE WHEN c.change = 'entered' THEN 1 ELSE 0 END), "
+        "sum(CASE WHEN c.change = 'exited' THEN 1 ELSE 0 END) "
+        "FROM audience_changes c JOIN audiences a ON a.id = c.audience_id "
+        f"GROUP BY c.audience_id, {day}"
     )
     op.execute(
         "UPDATE audiences SET build_total = "
@@ -67,11 +84,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("audience_changes", schema=None) as batch_op:
-        batch_op.drop_index("ix_audience_changes_audience_id_at")
-        batch_op.create_index(
-            batch_op.f("ix_audience_changes_audience_id"), ["audience_id"], unique=False
-        )
+    op.drop_table("audience_daily_changes")
     with op.batch_alter_table("audiences", schema=None) as batch_op:
         batch_op.drop_column("build_total")
     op.drop_table("audience_size_snapshots")
