@@ -326,6 +326,15 @@ class Settings(BaseSettings):
             "chart) are kept; older minutes are pruned an hour at a time."
         ),
     )
+    schema_context_sample: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "The schema catalog reads the context fields (campaign, page, device, ...) of 1 "
+            "event in this many, chosen by its position in the log; 1 reads every event's, "
+            "at about the cost of the rest of the catalog again."
+        ),
+    )
     schema_recount_max_interval_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from tessera.api.deps import ConnectionDep, Principal, require
 from tessera.schema import service
@@ -65,8 +65,9 @@ def list_traits(conn: ConnectionDep, _: Reader) -> dict[str, Any]:
 @router.get(
     "/schema/context", response_model=ContextFields, summary="Context fields with their types"
 )
-def list_context_fields(conn: ConnectionDep, _: Reader) -> dict[str, Any]:
-    return {"fields": service.list_context_fields(conn)}
+def list_context_fields(conn: ConnectionDep, _: Reader, request: Request) -> dict[str, Any]:
+    sample = request.app.state.settings.schema_context_sample
+    return {"fields": service.list_context_fields(conn), "sample": sample}
 
 
 @router.get(

@@ -78,36 +78,55 @@ def json_type(value: Any) -> str:
 
 
 def flatten(
-    data: Mapping[str, Any], *, max_depth: int = MAX_DEPTH, max_paths: int = MAX_PATHS
+    data: Mapping[str, Any],
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_paths: int = MAX_PATHS,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[tuple[str, str]], int]:
     """`(path, json type)` for each leaf of `data` in key order, and how many keys were
     left out: past `max_paths`, or making a path longer than `MAX_TEXT` (a key left out
     counts once, whatever it holds). Objects are entered up to `max_depth` levels; an
     empty object, or one at the last level, is a leaf of type "object". Lists are leaves
-    ("array"): their items' shapes vary and conditions address them by index."""
+    ("array"): their items' shapes vary and conditions address them by index. `only`
+    keeps just those top-level keys.
+
+    It runs for every event the processor applies, so `json_type` is inlined: a dict
+    lookup by the value's type, and the date test only for strings shaped like one."""
     found: list[tuple[str, str]] = []
-
-    def walk(data: Mapping[str, Any], prefix: str, depth: int) -> int:
-        left_out = 0
-        for index, (key, value) in enumerate(data.items()):
-            if len(found) >= max_paths:
-                return left_out + len(data) - index
-            path = prefix + key if prefix else key
-            if len(path) > MAX_TEXT:
-                left_out += 1
-            elif type(value) is dict and value and depth < max_depth:
-                left_out += walk(value, path + ".", depth + 1)
-            else:
-                found.append((path, json_type(value)))
-        return left_out
-
-    left_out = walk(data, "", 1)
+    if only is not None:
+        data = {key: value for key, value in data.items() if key in only}
+    left_out = _walk(data, "", 1, found, (max_depth, max_paths))
     return found, left_out
+
+
+def _walk(
+    data: Mapping[str, Any],
+    prefix: str,
+    depth: int,
+    found: list[tuple[str, str]],
+    limits: tuple[int, int],
+) -> int:
+    """`flatten`'s recursion (a module function: a closure made per call cost more)."""
+    max_depth, max_paths = limits
+    append, kind_of = found.append, _TYPES.get
+    room = MAX_TEXT - len(prefix)
+    left_out = 0
+    for key, value in data.items():
+        if len(found) >= max_paths or len(key) > room:
+            left_out += 1
+            continue
+        kind = type(value)
+        if kind is str:
+            dated = len(value) >= 10 and value[4] == "-" and looks_like_datetime(value)
+            append((prefix + key, DATETIME if dated else STRING))
+        elif kind is dict and value and depth < max_depth:
+            left_out += _walk(value, prefix + key + ".", depth + 1, found, limits)
+        else:
+            append((prefix + key, kind_of(kind, STRING)))
+    return left_out
 
 
 def context_paths(context: Mapping[str, Any]) -> tuple[list[tuple[str, str]], int]:
     """The paths of `context`'s filterable fields (`CONTEXT_FIELDS`), two levels deep."""
-    chosen = {key: value for key, value in context.items() if key in CONTEXT_FIELDS}
-    if not chosen:
-        return [], 0
-    return flatten(chosen, max_depth=CONTEXT_DEPTH)
+    return flatten(context, max_depth=CONTEXT_DEPTH, only=CONTEXT_FIELDS)

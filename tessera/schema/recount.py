@@ -25,7 +25,12 @@ from sqlalchemy.engine import Connection, Engine
 from tessera.audiences.models import audience_members, audiences
 from tessera.identity.models import identities
 from tessera.profiles.models import profiles
-from tessera.schema.models import schema_audience_sizes, schema_event_minutes, schema_recounts
+from tessera.schema.models import (
+    minute_of,
+    schema_audience_sizes,
+    schema_event_minutes,
+    schema_recounts,
+)
 from tessera.store.upsert import upsert
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ MEMBER_STEP = 50_000
 PASS_COST_SHARE = 100
 MIN_INTERVAL = timedelta(seconds=10)
 # Per-minute rows pruned per step: the oldest hour at most; looked for once a minute.
-PRUNE_SPAN = timedelta(hours=1)
+PRUNE_SPAN = 60
 PRUNE_EVERY = timedelta(minutes=1)
 
 
@@ -86,7 +91,7 @@ class RecountJob:
         if not self._due("prune", now):
             return 0
         table = schema_event_minutes
-        cutoff = (now - self.minutes_retention).replace(second=0, microsecond=0)
+        cutoff = minute_of(now - self.minutes_retention)
         with engine.begin() as conn:
             oldest = conn.execute(sa.select(sa.func.min(table.c.minute))).scalar()
             if oldest is None or oldest >= cutoff:

@@ -35,8 +35,7 @@ class ObservedType(BaseModel):
 
 class ObservedPath(BaseModel):
     path: str = Field(description="Dotted for nested objects, as conditions name it.")
-    count: int
-    last_seen: datetime
+    count: int = Field(description="Events that had it (context fields: of those sampled).")
     types: list[ObservedType] = Field(description="Most seen first.")
 
 
@@ -55,6 +54,7 @@ class Traits(BaseModel):
 
 class ContextFields(BaseModel):
     fields: list[ObservedPath] = Field(description="Paths below `context`.")
+    sample: int = Field(description="Context is read from 1 event in this many.")
 
 
 class SourceSeries(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,6 +20,8 @@ from tessera.errors import BadRequest, NotFound
 from tessera.identity.models import profile_merges
 from tessera.ingest.models import sources
 from tessera.schema.models import (
+    minute_of,
+    minute_start,
     schema_dropped,
     schema_event_minutes,
     schema_event_types,
@@ -30,7 +32,6 @@ from tessera.schema.recount import PROFILES
 from tessera.schema.stage import CONTEXT, EVENT, TRAIT
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-MINUTE = timedelta(minutes=1)
 # The longest series one call returns: a week of minutes (the default retention).
 MAX_MINUTES = 7 * 24 * 60
 
@@ -92,26 +93,20 @@ def list_event_types(
 
 
 def _grouped(conn: Connection, scope: str, name: str = "", kind: str = "") -> list[dict[str, Any]]:
-    """The scope's paths, each with its types (most seen first), count and last time."""
+    """The scope's paths, each with its count and types (most seen first)."""
     table = schema_fields
     query = (
-        sa.select(table.c.path, table.c.json_type, table.c["count"], table.c.last_seen)
+        sa.select(table.c.path, table.c.json_type, table.c["count"])
         .where(table.c.scope == scope, table.c.event_name == name, table.c.event_type == kind)
         .order_by(table.c.path, table.c.json_type)
     )
     found: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(query):
-        entry = found.get(row.path)
+    for path, json_type, count in conn.execute(query):
+        entry = found.get(path)
         if entry is None:
-            entry = found[row.path] = {
-                "path": row.path,
-                "count": 0,
-                "last_seen": row.last_seen,
-                "types": [],
-            }
-        entry["count"] += int(row._mapping["count"])
-        entry["last_seen"] = max(entry["last_seen"], row.last_seen)
-        entry["types"].append({"type": row.json_type, "count": int(row._mapping["count"])})
+            entry = found[path] = {"path": path, "count": 0, "types": []}
+        entry["count"] += int(count)
+        entry["types"].append({"type": json_type, "count": int(count)})
     for entry in found.values():
         entry["types"].sort(key=lambda item: (-item["count"], item["type"]))
     return list(found.values())
@@ -154,7 +149,8 @@ def list_traits(conn: Connection) -> list[dict[str, Any]]:
 
 def list_context_fields(conn: Connection) -> list[dict[str, Any]]:
     """The context fields people filter on (`context.campaign.source`, ...), across all
-    events, with their observed types; paths are below `context`."""
+    events, with their observed types; paths are below `context`, counts are of the
+    events sampled (`stage.CONTEXT_SAMPLE`)."""
     return _grouped(conn, CONTEXT)
 
 
@@ -167,12 +163,12 @@ def dropped_counts(conn: Connection) -> dict[str, int]:
     }
 
 
-def _minute(moment: datetime, what: str) -> datetime:
+def _minute(moment: datetime, what: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
-        return moment.astimezone(UTC).replace(second=0, microsecond=0)
-    except OverflowError:
+        return minute_of(moment)
+    except (OverflowError, ValueError, OSError):
         raise BadRequest(f"{what} {moment.isoformat()} is out of range") from None
 
 
@@ -189,8 +185,11 @@ def events_per_minute(
     start = _minute(since, "since")
     end = _minute(until or datetime.now(UTC), "until")
     if end < start:
-        raise BadRequest(f"since ({start.isoformat()}) is after until ({end.isoformat()})")
-    size = int((end - start) / MINUTE) + 1
+        raise BadRequest(
+            f"since ({minute_start(start).isoformat()}) is after until "
+            f"({minute_start(end).isoformat()})"
+        )
+    size = end - start + 1
     if size > MAX_MINUTES:
         raise BadRequest(f"a series is at most {MAX_MINUTES} minutes (7 days), not {size}")
     names_query = sa.select(sources.c.id, sources.c.name).order_by(sources.c.id)
@@ -206,13 +205,14 @@ def events_per_minute(
         raise NotFound(f"there is no source {source_id}")
     series: dict[int, list[int]] = {sid: [0] * size for sid in names}
     for minute, sid, count in conn.execute(query):
-        if sid not in series:  # a source deleted since
+        counts = series.get(sid)
+        if counts is None:  # a source deleted since
             names[sid] = None
-            series[sid] = [0] * size
-        series[sid][int((minute - start) / MINUTE)] = int(count)
+            counts = series[sid] = [0] * size
+        counts[minute - start] = count
     return {
-        "start": start,
-        "end": end,
+        "start": minute_start(start),
+        "end": minute_start(end),
         "step_seconds": 60,
         "sources": [
             {"source_id": sid, "name": names[sid], "total": sum(counts), "counts": counts}

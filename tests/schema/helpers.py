@@ -43,20 +43,21 @@ def send(
         append_events(conn, rows)
 
 
-def schema_pipeline(*, now: datetime = NOW, retention_days: float = 7) -> Pipeline:
+def schema_pipeline(
+    *, now: datetime = NOW, retention_days: float = 7, context_sample: int = 1
+) -> Pipeline:
+    """The schema stage on a fixed clock, reading every event's context by default."""
     base = pipeline()
-    return Pipeline(
-        base.config,
-        clock=lambda: now,
-        stages=[SchemaStage(minutes_retention=timedelta(days=retention_days))],
+    stage = SchemaStage(
+        minutes_retention=timedelta(days=retention_days), context_sample=context_sample
     )
+    return Pipeline(base.config, clock=lambda: now, stages=[stage])
 
 
 CATALOG = {
     "event_types": "SELECT name, type, count, first_seen, last_seen, dropped_paths "
     "FROM schema_event_types",
-    "fields": "SELECT scope, event_name, event_type, path, json_type, count, last_seen "
-    "FROM schema_fields",
+    "fields": "SELECT scope, event_name, event_type, path, json_type, count FROM schema_fields",
     "minutes": "SELECT minute, source_id, count FROM schema_event_minutes",
     "dropped": "SELECT reason, count FROM schema_dropped",
 }

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tessera.auth.tokens import create_token
+from tessera.config import Settings
 from tessera.eventlog.service import head_position
 from tessera.processor import wait_until_caught_up
 from tessera.schema.recount import RecountJob
@@ -38,6 +39,12 @@ class Api:
         response = self.client.post(path, json=body)
         assert response.status_code == status, f"POST {path}: {response.text}"
         return response.json()
+
+
+@pytest.fixture
+def settings(store_url: str) -> Settings:
+    """The live server's: every event's context read, so a few events show it."""
+    return Settings(database_url=store_url, processor_mode="thread", schema_context_sample=1)
 
 
 @pytest.fixture
@@ -153,8 +160,9 @@ def test_the_schema_routes_answer_what_was_seen(live: LiveTessera, admin: Api) -
     assert [p["path"] for p in group["properties"]] == ["name", "seats"]
     traits = support.get("/api/v1/schema/traits")["traits"]
     assert {t["path"]: t["types"][0]["type"] for t in traits}["signed_up"] == "datetime"
-    context = support.get("/api/v1/schema/context")["fields"]
-    assert [f["path"] for f in context] == ["campaign.medium", "campaign.source"]
+    context = support.get("/api/v1/schema/context")
+    assert [f["path"] for f in context["fields"]] == ["campaign.medium", "campaign.source"]
+    assert context["sample"] == 1
     minutes = support.get("/api/v1/schema/events-per-minute", source_id=live.source.id)
     assert [s["total"] for s in minutes["sources"]] == [len(MIXED)]
 

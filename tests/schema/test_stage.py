@@ -280,7 +280,8 @@ messages = st.lists(
 def test_the_catalog_built_batch_by_batch_equals_the_rebuilt_one(
     engine: Engine, batch: list[tuple[str, str, str | None, dict[str, Any], int]], step: int
 ) -> None:
-    pipe = schema_pipeline(retention_days=1 / 24)  # an hour: some minutes are too old
+    # An hour's minutes (some are too old), and the context of 1 event in 2.
+    pipe = schema_pipeline(retention_days=1 / 24, context_sample=2)
     with engine.begin() as conn:
         reset_derived_state(conn, stages=pipe.stages)
         conn.execute(sa.text("DELETE FROM events"))
@@ -298,6 +299,7 @@ def test_the_catalog_built_batch_by_batch_equals_the_rebuilt_one(
             message |= {"groupId": "g1", "traits": body}
         else:
             message |= {"traits": body}
+        message["context"] = {"page": {"path": f"/{name}"}, "library": {"name": "js"}}
         send(engine, [message], at=NOW - timedelta(minutes=minutes))
     process(engine, pipe, limit=step)
     incremental = catalog(engine)
@@ -307,3 +309,20 @@ def test_the_catalog_built_batch_by_batch_equals_the_rebuilt_one(
         reset_derived_state(conn, stages=pipe.stages)
     process(engine, pipe)
     assert catalog(engine) == incremental
+
+
+def test_context_is_read_from_a_sample_of_events(engine: Engine) -> None:
+    send(
+        engine,
+        [
+            {"type": "track", "userId": "u1", "event": "Viewed", "context": {"locale": "en-GB"}}
+            for _ in range(160)
+        ],
+    )
+    process(engine, schema_pipeline(context_sample=16))
+    with engine.connect() as conn:
+        (locale,) = service.list_context_fields(conn)
+        seqs = [seq for (seq,) in conn.execute(sa.text("SELECT seq FROM events"))]
+    assert locale["path"] == "locale"
+    assert locale["count"] == sum(1 for seq in seqs if stage.sampled(seq, 16))
+    assert 3 <= locale["count"] <= 25  # about 1 in 16 of 160

@@ -43,14 +43,13 @@ def upgrade() -> None:
         sa.Column("path", sa.String(length=255), nullable=False),
         sa.Column("json_type", sa.String(length=16), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.Column("last_seen", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint(
             "scope", "event_name", "event_type", "path", "json_type", name=op.f("pk_schema_fields")
         ),
     )
     op.create_table(
         "schema_event_minutes",
-        sa.Column("minute", UtcDateTime(), nullable=False),
+        sa.Column("minute", sa.Integer(), nullable=False),
         sa.Column("source_id", sa.Integer(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("minute", "source_id", name=op.f("pk_schema_event_minutes")),
