@@ -562,11 +562,12 @@
         }
         this.serverError = null;
         const share = body.profiles ? ` · ${(body.size / body.profiles * 100).toLocaleString(undefined, { maximumFractionDigits: 1 })}% of ${body.profiles.toLocaleString()} profiles` : "";
-        const size = `${body.exact ? "" : "about "}${body.size.toLocaleString()} ${body.size === 1 ? "person" : "people"}`;
+        const margin = !body.exact && body.margin ? ` ± ${body.margin.toLocaleString()}` : "";
+        const size = `${body.exact ? "" : "about "}${body.size.toLocaleString()}${margin} ${body.size === 1 && !margin ? "person" : "people"}`;
         this.preview = {
           state: "ok",
           size,
-          note: (body.exact ? "Exact, as of now" : "Estimated from the profiles counted so far") + share,
+          note: (body.exact ? "Exact, as of now" : "Estimated from a sample of the profiles, 95% sure") + share,
           sample: body.sample.map((person) => ({
             id: person.id,
             href: `/people/${encodeURIComponent(person.id)}`,

@@ -294,6 +294,7 @@ def preview(request: Request, body: PreviewIn, conn: ConnectionDep, user: Reader
             "ok": True,
             "size": found["size"],
             "exact": found["exact"],
+            "margin": found.get("margin"),
             "profiles": found["profiles"],
             "sample": [{"id": pid, **labels[pid]} for pid in found["sample"][:SAMPLE]],
         }
