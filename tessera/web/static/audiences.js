@@ -323,6 +323,11 @@
         row.node.children.push(node);
         this.focusRow(node.id);
       },
+      addKind(row, kind) {
+        const node = blank(kind);
+        row.node.children.push(node);
+        this.focusRow(node.id);
+      },
       addGroup(row) {
         const node = group(row.node.op === "and" ? "or" : "and", [blank(row.scope === "filter" ? "property" : "trait")], false);
         row.node.children.push(node);
