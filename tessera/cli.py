@@ -560,12 +560,14 @@ def demo(
     ] = None,
     write_key: Annotated[str | None, typer.Option(help="Write key for --url.")] = None,
 ) -> None:
-    """Load a realistic retail demo (a fashion shop's customers) through the tracking API."""
+    """Load a realistic retail demo (a fashion shop's customers) through the tracking API,
+    with the example computed traits and audiences a marketer would define first."""
     from rich.progress import Progress
     from rich.table import Table as RichTable
 
     from tessera.app import create_app
     from tessera.demo import demo_summary, generate, send
+    from tessera.demo.definitions import define_examples, wait_until_ready
     from tessera.ingest.sources import create_source, get_source, rotate_write_key
     from tessera.local_server import serve_in_thread
     from tessera.processor import wait_until_caught_up
@@ -604,9 +606,15 @@ def demo(
             load(url, write_key)
         else:
             assert isinstance(source, NewSource)
+            # Defined first, so the processor keeps them current event by event.
+            with engine.begin() as conn:
+                made = define_examples(conn)
+            if any(made):
+                out.print(f"defined {made[0]} computed traits and {made[1]} audiences")
             with serve_in_thread(create_app(settings, engine=engine)) as base_url:
                 load(base_url, source.write_key)
                 wait_until_caught_up(engine, timeout=600)
+                wait_until_ready(engine)
     table = RichTable("what", "count")
     for key, value in demo_summary(dataset).items():
         table.add_row(key, str(value))

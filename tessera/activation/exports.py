@@ -17,6 +17,7 @@ from tessera.activation.files import FORMATS
 from tessera.activation.models import export_jobs
 from tessera.activation.plugins import AudienceSnapshot
 from tessera.audiences.models import audience_members, audiences
+from tessera.audit.service import record
 from tessera.errors import BadRequest, NotFound
 from tessera.identity.models import identities
 from tessera.profiles.models import profile_traits
@@ -189,6 +190,23 @@ def create_export(
         )
     )
     return get_export(conn, export_id=export_id)
+
+
+def request_export(
+    conn: Connection, *, audience_id: str, fmt: str, actor: str, ip: str | None
+) -> dict[str, Any]:
+    """`create_export` as a person asks for it, audited in the same transaction (the API's
+    route and the audience page both call this)."""
+    job = create_export(conn, audience_id=audience_id, fmt=fmt, actor=actor)
+    record(
+        conn,
+        actor=actor,
+        action="export.create",
+        target=f"export:{job['id']}",
+        ip=ip,
+        details={"audience_id": audience_id, "format": fmt},
+    )
+    return job
 
 
 def get_export(conn: Connection, *, export_id: str) -> dict[str, Any]:

@@ -67,18 +67,13 @@ def create_export(
 ) -> dict[str, Any]:
     """Queue a job that writes every member, with identities and traits, to one file; follow
     it with `GET /api/v1/exports/{export_id}` and fetch the file from its `download_url`."""
-    job = exports.create_export(
-        conn, audience_id=audience_id, fmt=body.format, actor=principal.actor
-    )
-    record(
+    return exports.request_export(
         conn,
+        audience_id=audience_id,
+        fmt=body.format,
         actor=principal.actor,
-        action="export.create",
-        target=f"export:{job['id']}",
         ip=client_ip(request),
-        details={"audience_id": audience_id, "format": body.format},
     )
-    return job
 
 
 @router.get("/exports", response_model=list[ExportOut], summary="List exports")

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.exc import IntegrityError
 
 from tessera.api.deps import ConnectionDep, Principal, client_ip, require
-from tessera.audiences import service
+from tessera.audiences import admin, service
 from tessera.audiences.preview import preview_audience
 from tessera.audiences.schemas import (
     AudienceIn,
@@ -29,8 +26,7 @@ from tessera.audiences.schemas import (
     PreviewOut,
     check_plain_json,
 )
-from tessera.audit.service import record
-from tessera.errors import BadRequest, Conflict, InvalidDefinition
+from tessera.errors import BadRequest, InvalidDefinition
 
 traits_router = APIRouter(prefix="/api/v1/computed-traits", tags=["computed traits"])
 audiences_router = APIRouter(prefix="/api/v1/audiences", tags=["audiences"])
@@ -39,16 +35,6 @@ Writer = Annotated[Principal, Depends(require("audiences:write"))]
 Cursor = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
 ]
-
-
-@contextmanager
-def _unique(message: str) -> Iterator[None]:
-    """Two requests creating the same name at once: the loser's insert hits the unique
-    constraint after the service's check; that is the same 409 as a clash seen in advance."""
-    try:
-        yield
-    except IntegrityError:
-        raise Conflict(message) from None
 
 
 # -- computed traits --------------------------------------------------------------------
@@ -76,19 +62,9 @@ def create_computed_trait(
 ) -> dict[str, Any]:
     """The body is the definition. The trait starts `backfilling` (the processor replays the
     log into it) and turns `ready`."""
-    document = body.document()
-    check_plain_json(document)
-    with _unique(f"a computed trait named {document.get('name')!r} exists"):
-        trait = service.create_computed_trait(conn, document=document)
-    record(
-        conn,
-        actor=principal.actor,
-        action="computed_trait.create",
-        target=f"computed_trait:{trait['name']}",
-        ip=client_ip(request),
-        details={"definition": trait["definition"]},
+    return admin.create_computed_trait(
+        conn, actor=principal.actor, ip=client_ip(request), document=body.document()
     )
-    return trait
 
 
 @traits_router.get("/{name}", response_model=ComputedTraitOut, summary="One computed trait")
@@ -106,26 +82,9 @@ def update_computed_trait(
 ) -> dict[str, Any]:
     """The whole new definition, without a name (or with the same one). A changed definition
     is backfilled again, and the audiences that use it are rebuilt."""
-    document = body.document()
-    check_plain_json(document)
-    if "name" in document and document["name"] != name:
-        raise InvalidDefinition(
-            f"a computed trait cannot be renamed: the body names {document['name']!r}, the URL "
-            f"{name!r}; leave the name out, or create a new trait and delete this one",
-            path="$.name",
-        )
-    before = service.get_computed_trait(conn, name=name)
-    trait = service.update_computed_trait(conn, name=name, document=document)
-    if trait["definition"] != before["definition"]:
-        record(
-            conn,
-            actor=principal.actor,
-            action="computed_trait.update",
-            target=f"computed_trait:{name}",
-            ip=client_ip(request),
-            details={"from": before["definition"], "to": trait["definition"]},
-        )
-    return trait
+    return admin.update_computed_trait(
+        conn, actor=principal.actor, ip=client_ip(request), name=name, document=body.document()
+    )
 
 
 @traits_router.delete("/{name}", status_code=204, summary="Delete a computed trait")
@@ -133,14 +92,7 @@ def delete_computed_trait(
     name: str, request: Request, conn: ConnectionDep, principal: Writer
 ) -> None:
     """Refused with 409 while an audience uses it."""
-    service.delete_computed_trait(conn, name=name)
-    record(
-        conn,
-        actor=principal.actor,
-        action="computed_trait.delete",
-        target=f"computed_trait:{name}",
-        ip=client_ip(request),
-    )
+    admin.delete_computed_trait(conn, actor=principal.actor, ip=client_ip(request), name=name)
 
 
 # -- audiences --------------------------------------------------------------------------
@@ -159,24 +111,14 @@ def create_audience(
 ) -> dict[str, Any]:
     """The audience starts `building` (the processor evaluates every profile) and turns
     `ready`; from then on membership follows every event and the passing of time."""
-    check_plain_json(body.definition)
-    with _unique(f"an audience named {body.name!r} exists"):
-        audience = service.create_audience(
-            conn,
-            name=body.name,
-            description=body.description,
-            document=body.definition,
-            actor=principal.actor,
-        )
-    record(
+    return admin.create_audience(
         conn,
         actor=principal.actor,
-        action="audience.create",
-        target=f"audience:{audience['id']}",
         ip=client_ip(request),
-        details={"name": audience["name"], "definition": audience["definition"]},
+        name=body.name,
+        description=body.description,
+        document=body.definition,
     )
-    return audience
 
 
 @audiences_router.post("/preview", response_model=PreviewOut, summary="Preview a draft")
@@ -207,32 +149,16 @@ def update_audience(
     if "definition" in body.model_fields_set:
         if body.definition is None:
             raise InvalidDefinition("a condition is an object, not None", path="$")
-        check_plain_json(body.definition)
         document = body.definition
-    before = service.get_audience(conn, audience_id=audience_id)
-    with _unique(f"an audience named {body.name!r} exists"):
-        audience = service.update_audience(
-            conn,
-            audience_id=audience_id,
-            name=body.name,
-            description=body.description,
-            document=document,
-        )
-    changes = {
-        field: {"from": before[field], "to": audience[field]}
-        for field in ("name", "description", "definition")
-        if before[field] != audience[field]
-    }
-    if changes:
-        record(
-            conn,
-            actor=principal.actor,
-            action="audience.update",
-            target=f"audience:{audience_id}",
-            ip=client_ip(request),
-            details=changes,
-        )
-    return audience
+    return admin.update_audience(
+        conn,
+        actor=principal.actor,
+        ip=client_ip(request),
+        audience_id=audience_id,
+        name=body.name,
+        description=body.description,
+        document=document,
+    )
 
 
 @audiences_router.delete("/{audience_id}", status_code=204, summary="Delete an audience")
@@ -241,15 +167,8 @@ def delete_audience(
 ) -> None:
     """Every member exits (destinations hear it). Refused with 409 while another audience
     refers to this one."""
-    before = service.get_audience(conn, audience_id=audience_id)
-    service.delete_audience(conn, audience_id=audience_id)
-    record(
-        conn,
-        actor=principal.actor,
-        action="audience.delete",
-        target=f"audience:{audience_id}",
-        ip=client_ip(request),
-        details={"name": before["name"], "size": before["size"]},
+    admin.delete_audience(
+        conn, actor=principal.actor, ip=client_ip(request), audience_id=audience_id
     )
 
 
