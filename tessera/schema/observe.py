@@ -14,10 +14,10 @@ from typing import Any
 # Levels below the object flattened: `a.b.c.d.e`. A non-empty object at the last level is
 # recorded as "object" rather than entered.
 MAX_DEPTH = 5
-# Paths taken from one object; the keys after them are counted as left out.
+# Paths taken from one object; those after them are counted as left out.
 MAX_PATHS = 200
-# Longest event name or path kept (the columns' size); a longer path is left out, a longer
-# event name cut.
+# Longest event name or path kept (the columns' size): the stage leaves a longer path out,
+# and cuts a longer event name.
 MAX_TEXT = 255
 
 STRING, DATETIME, INTEGER, NUMBER = "string", "datetime", "integer", "number"
@@ -84,47 +84,42 @@ def flatten(
     max_paths: int = MAX_PATHS,
     only: frozenset[str] | None = None,
 ) -> tuple[list[tuple[str, str]], int]:
-    """`(path, json type)` for each leaf of `data` in key order, and how many keys were
-    left out: past `max_paths`, or making a path longer than `MAX_TEXT` (a key left out
-    counts once, whatever it holds). Objects are entered up to `max_depth` levels; an
-    empty object, or one at the last level, is a leaf of type "object". Lists are leaves
+    """`(path, json type)` for each leaf of `data` in key order, at most `max_paths`, and
+    how many more there were. Objects are entered up to `max_depth` levels; an empty
+    object, or one at the last level, is a leaf of type "object". Lists are leaves
     ("array"): their items' shapes vary and conditions address them by index. `only`
     keeps just those top-level keys.
 
-    It runs for every event the processor applies, so `json_type` is inlined: a dict
-    lookup by the value's type, and the date test only for strings shaped like one."""
+    It runs for every event the processor applies, so it is one plain walk: `json_type`
+    inlined (a dict lookup by the value's type, the date test only for strings shaped
+    like one), no limit tested per key. The walk's work is bounded by the payload's size
+    (ingest's limit), what it keeps by `max_paths`; paths too long for the catalog are
+    the stage's to leave out, once per distinct path rather than per event."""
     found: list[tuple[str, str]] = []
     if only is not None:
         data = {key: value for key, value in data.items() if key in only}
-    left_out = _walk(data, "", 1, found, (max_depth, max_paths))
+    _walk(data, "", 1, found, max_depth)
+    left_out = len(found) - max_paths
+    if left_out <= 0:
+        return found, 0
+    del found[max_paths:]
     return found, left_out
 
 
 def _walk(
-    data: Mapping[str, Any],
-    prefix: str,
-    depth: int,
-    found: list[tuple[str, str]],
-    limits: tuple[int, int],
-) -> int:
+    data: Mapping[str, Any], prefix: str, depth: int, found: list[tuple[str, str]], max_depth: int
+) -> None:
     """`flatten`'s recursion (a module function: a closure made per call cost more)."""
-    max_depth, max_paths = limits
     append, kind_of = found.append, _TYPES.get
-    room = MAX_TEXT - len(prefix)
-    left_out = 0
     for key, value in data.items():
-        if len(found) >= max_paths or len(key) > room:
-            left_out += 1
-            continue
         kind = type(value)
         if kind is str:
             dated = len(value) >= 10 and value[4] == "-" and looks_like_datetime(value)
             append((prefix + key, DATETIME if dated else STRING))
         elif kind is dict and value and depth < max_depth:
-            left_out += _walk(value, prefix + key + ".", depth + 1, found, limits)
+            _walk(value, prefix + key + ".", depth + 1, found, max_depth)
         else:
             append((prefix + key, kind_of(kind, STRING)))
-    return left_out
 
 
 def context_paths(context: Mapping[str, Any]) -> tuple[list[tuple[str, str]], int]:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tessera.processor.events import traits_set_by
-from tessera.processor.extensions import AppliedBatch
+from tessera.processor.extensions import AppliedBatch, BatchEvent
 from tessera.schema.models import (
     minute_of,
     schema_dropped,
@@ -40,7 +40,7 @@ MAX_EVENT_NAMES = 10_000
 # Distinct (path, type) pairs kept per event name, for traits, and for context.
 MAX_FIELDS = {EVENT: 500, TRAIT: 2_000, CONTEXT: 500}
 # Event names (and traits, context) whose known paths stay in memory between batches.
-CACHED_GROUPS = 2_000
+CACHED_GROUPS = 500
 # Context fields are read from 1 event in this many by default
 # (TESSERA_SCHEMA_CONTEXT_SAMPLE), chosen by a hash of its seq so a rebuild picks the same
 # ones: SDKs send the same dozen fields with every call, and walking them for each cost as
@@ -77,17 +77,9 @@ class Tally:
         self._last_at: datetime | None = None
         self._last_minute = oldest_minute
 
-    def add(
-        self,
-        *,
-        seq: int,
-        kind: str,
-        name: str | None,
-        source_id: int,
-        at: datetime,
-        payload: dict[str, Any],
-    ) -> None:
-        name = (name or "")[:MAX_TEXT] if kind == "track" else ""
+    def add(self, item: BatchEvent) -> None:
+        kind, at, payload = item.type, item.received_at, item.payload
+        name = (item.name or "")[:MAX_TEXT] if kind == "track" else ""
         key = (name, kind)
         entry = self.events.get(key)
         if entry is None:
@@ -101,7 +93,7 @@ class Tally:
         if at != self._last_at:  # a request's events share their arrival time
             self._last_at, self._last_minute = at, minute_of(at)
         if self._last_minute >= self.oldest_minute:
-            self.minutes[(self._last_minute, source_id)] += 1
+            self.minutes[(self._last_minute, item.source_id)] += 1
         member = PROPERTIES_OF.get(kind) or TRAITS_OF.get(kind)
         body = payload.get(member) if member else None
         if type(body) is dict and body:
@@ -114,7 +106,7 @@ class Tally:
                 self.dropped["trait_paths"] += left_out
             self._count(TRAITS, paths)
         context = payload.get("context")
-        if type(context) is dict and context and sampled(seq, self.context_sample):
+        if type(context) is dict and context and sampled(item.seq, self.context_sample):
             paths, left_out = context_paths(context)
             if left_out:
                 self.dropped["context_paths"] += left_out
@@ -258,6 +250,9 @@ class KnownFields:
         for pair in list(counts):
             if pair in known:
                 continue
+            if len(pair[0]) > MAX_TEXT:
+                tally.refuse_field(group, pair)
+                continue
             if len(known) >= limit and not reread:
                 known = self._stored_fields(conn, group) | (set(counts) & known)
                 self.fields[group], reread = known, True
@@ -308,14 +303,7 @@ class SchemaStage:
         oldest = minute_of(now - self.minutes_retention)
         tally = Tally(oldest_minute=oldest, context_sample=self.context_sample)
         for item in batch.events:
-            tally.add(
-                seq=item.seq,
-                kind=item.type,
-                name=item.name,
-                source_id=item.source_id,
-                at=item.received_at,
-                payload=item.payload,
-            )
+            tally.add(item)
         self.known.admit(conn, tally)
         tally.write(conn)
 

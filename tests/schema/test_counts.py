@@ -4,7 +4,7 @@ unmerges; merges counted by time."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from tessera.audiences import service as audience_service
 from tessera.errors import BadRequest, NotFound
 from tessera.processor import run_maintenance, unmerge
-from tessera.schema import service
+from tessera.schema import dashboard, service
 from tessera.schema.dashboard import largest_audiences
 from tessera.schema.recount import RecountJob
 from tests.identity.helpers import process, profile_id, source_id
@@ -200,3 +200,21 @@ def test_audience_sizes_are_recounted_and_the_largest_listed(engine: Engine) -> 
         sizes = conn.execute(sa.text("SELECT count(*) FROM schema_audience_sizes")).scalar_one()
     assert [(a["name"], a["size"]) for a in top] == [("On free", 2), ("On enterprise", 0)]
     assert sizes == 2
+
+
+def test_the_processors_lag_is_counted_up_to_a_bound(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard, "LAG_AT_MOST", 2)
+    received = datetime.now(UTC) - timedelta(minutes=1)
+    send(engine, [{"type": "track", "userId": "u1", "event": "A"}] * 3, at=received)
+    with engine.connect() as conn:
+        waiting = dashboard.processor_lag(conn)
+    assert waiting["main"]["lag_events"] == 2
+    assert waiting["main"]["capped"] is True
+    assert waiting["main"]["oldest_waiting_seconds"] >= 60  # received a minute ago
+    process(engine, schema_pipeline())
+    with engine.connect() as conn:
+        caught_up = dashboard.processor_lag(conn)
+    assert (caught_up["main"]["lag_events"], caught_up["main"]["capped"]) == (0, False)
+    assert caught_up["main"]["oldest_waiting_seconds"] is None

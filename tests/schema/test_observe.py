@@ -14,7 +14,6 @@ from tessera.schema.observe import (
     JSON_TYPES,
     MAX_DEPTH,
     MAX_PATHS,
-    MAX_TEXT,
     context_paths,
     flatten,
     json_type,
@@ -80,10 +79,7 @@ def test_limits_hold_and_what_is_left_out_is_counted(
     assert all(len(path.split(".")) <= max_depth for path, _ in paths)
     full, _ = flatten(data, max_depth=max_depth)
     assert paths == full[: len(paths)]  # the first paths, in key order
-    if len(full) > max_paths:
-        assert left_out >= 1
-    else:
-        assert left_out == 0
+    assert left_out == max(0, len(full) - max_paths)
 
 
 @given(value=json_values)
@@ -135,9 +131,6 @@ def test_a_hostile_payload_is_bounded() -> None:
     paths, left_out = flatten(deep)
     assert paths == [(".".join(["a"] * MAX_DEPTH), "object")]
     assert left_out == 0
-
-    long_key = {"x" * (MAX_TEXT + 1): 1, "ok": 2}
-    assert flatten(long_key) == ([("ok", "integer")], 1)
 
 
 def test_context_keeps_the_fields_people_filter_on() -> None:

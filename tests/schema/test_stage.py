@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from tessera.processor import reset_derived_state, unmerge
 from tessera.schema import service, stage
-from tessera.schema.observe import MAX_DEPTH, MAX_PATHS
+from tessera.schema.observe import MAX_DEPTH, MAX_PATHS, MAX_TEXT
 from tests.examples import examples
 from tests.identity.helpers import process, profile_id
 from tests.schema.helpers import NOW, catalog, schema_pipeline, send
@@ -157,6 +157,12 @@ def test_hostile_payloads_stay_bounded_and_what_is_left_out_is_counted(
         engine,
         [
             {"type": "track", "userId": "u1", "event": "Wide", "properties": wide},
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "Long",
+                "properties": {"x" * (MAX_TEXT + 1): 1, "nested": {"y" * MAX_TEXT: 2}, "ok": 3},
+            },
             {"type": "track", "userId": "u1", "event": "Deep", "properties": deep},
             {"type": "identify", "userId": "u1", "traits": wide},
         ],
@@ -166,11 +172,15 @@ def test_hostile_payloads_stay_bounded_and_what_is_left_out_is_counted(
     with engine.connect() as conn:
         wide_seen = service.get_event_properties(conn, name="Wide")
         deep_seen = service.get_event_properties(conn, name="Deep")
+        long_seen = service.get_event_properties(conn, name="Long")
         traits = service.list_traits(conn)
         left_out = service.list_event_types(conn)["left_out"]
     assert len(wide_seen["properties"]) == MAX_PATHS
     assert wide_seen["dropped_paths"] == 10_000 - MAX_PATHS
     assert types_of(deep_seen["properties"]) == {"d.d.d.d.d": {"object": 1}}
+    # Paths longer than the catalog keeps (255 characters) are left out, and counted.
+    assert types_of(long_seen["properties"]) == {"ok": {"integer": 1}}
+    assert long_seen["dropped_paths"] == 2
     assert len(traits) == MAX_PATHS
     assert left_out == {"trait_paths": 10_000 - MAX_PATHS}
 
