@@ -45,12 +45,14 @@ def _migration() -> Any:
     return importlib.import_module("tessera.store.migrations.versions.0010_profile_search")
 
 
-def code_version() -> str:
+def code_version(backend: str = "sqlite") -> str:
+    """A digest of what decides the index's content on `backend`."""
     digest = hashlib.sha256()
     for name in INDEX_SOURCES:
         digest.update((ROOT / name).read_bytes())
     migration = _migration()
-    for statement in (migration.FTS5_TABLE, *migration.FTS5_TRIGGERS):
+    statements = migration.GIN_INDEX if backend == "postgresql" else migration.FTS5_TRIGGERS
+    for statement in (migration.FTS5_TABLE, *statements):
         digest.update(statement.encode())
     return digest.hexdigest()[:10]
 
@@ -154,20 +156,30 @@ def cached_sqlite(cache: Path, *, profiles: int, seed: int) -> tuple[Path, dict[
     return database, {**info, "cached": False}
 
 
-def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, dict[str, Any]]:
+def copy_to_postgresql(database: Path, admin_url: str, prefix: str) -> tuple[str, dict[str, Any]]:
     """A migrated PostgreSQL database `name` holding the SQLite store's profiles and their
     index rows (COPY: the generated tsvector column is computed as the rows arrive, the GIN
-    index built once, after the load); reused when it holds as many rows."""
+    index built once, after the load), named `prefix` and the code's version; reused when
+    it holds as many rows, and copies made by other versions dropped."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
     from tessera.store import create_store_engine, upgrade
 
+    name = f"{prefix}_{code_version('postgresql')}"
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as source:
         wanted = int(source.execute("SELECT count(*) FROM profile_search").fetchone()[0])
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
+        stale = conn.execute(
+            sa.text(
+                "SELECT datname FROM pg_database WHERE datname LIKE :like AND datname <> :name"
+            ),
+            {"like": f"{prefix}\\_%", "name": name},
+        ).scalars()
+        for old in list(stale):
+            conn.execute(sa.text(f'DROP DATABASE "{old}" WITH (FORCE)'))
         exists = conn.execute(
             sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
         ).first()
@@ -197,10 +209,10 @@ def copy_to_postgresql(database: Path, admin_url: str, name: str) -> tuple[str, 
                         copy.write_row(row)
         conn.execute(sa.text("SET LOCAL maintenance_work_mem = '512MB'"))
         conn.execute(sa.text(_gin_index()))
-    with engine.connect() as conn:
-        conn.execute(sa.text("ANALYZE profiles"))
-        conn.execute(sa.text("ANALYZE profile_search"))
-        conn.commit()
+    # As autovacuum would leave them: statistics, and the visibility map that lets the
+    # join to `profiles` read its index alone.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM (ANALYZE) profiles, profile_search"))
     engine.dispose()
     return url, {"cached": False, "copy_s": time.perf_counter() - started}
 

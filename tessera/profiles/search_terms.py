@@ -5,16 +5,23 @@ that no input can make the database reject.
 A value is folded (accents off, case folded) and split into its alphanumeric parts; the
 index holds each part and each run of parts to the value's end, joined, so a prefix of the
 whole value or of any of its parts matches: `jo.smith@example.com` gives `jo`, `smith`,
-`example`, `com`, `josmithexamplecom`, `smithexamplecom` and `examplecom`, and a query
-chunk is joined the same way (`smith@exa` looks for terms starting `smithexa`). Phones are
-indexed as digits in international, national and national-significant form, so `+4479`,
-`07911` and `7911` all find +447911123456.
+`example`, `com`, and the runs `josmithexamplecom`, `smithexamplecom` and `examplecom`; a
+query chunk is joined the same way (`smith@exa` looks for terms starting `smithexa`).
+Phones are indexed as digits in international, national and national-significant form, so
+`+4479`, `07911` and `7911` all find +447911123456.
 
 Every term carries a namespace: `o:` for values any reader may match (user ids, other
 identifiers, the company), `p:` for personal data (names, emails, phones), which only roles
 with `pii:read` match, and `ox:`/`px:` for a whole identifier value, which ranks an exact
-identifier match first. Terms are only letters, digits and one colon, so the index's
-tokenizer needs no rules of its own, and quoting them in a query is always safe.
+identifier match first. A run is kept apart from the parts, under the length of its first
+part (`pr2:josmithexamplecom`): a word no longer than a part finds it by the part, so only
+a longer one looks at runs, and then only at those whose first part it spans whole
+(`josmi` looks for `pr2:josmi...`, `pr1:josmi...`, ... `pr4:josmi...`). Otherwise `amelia`
+would also start every `ameliajones123examplecom` in the store, each a term of its own,
+which an index without prefix entries (PostgreSQL's GIN) reads one by one.
+
+Terms are only letters, digits and one colon, so the index's tokenizer needs no rules of
+its own, and quoting them in a query is always safe.
 """
 
 from __future__ import annotations
@@ -68,13 +75,22 @@ def joined(text: str) -> str:
 
 
 def value_terms(text: str, namespace: str) -> set[str]:
-    """The terms of one value: each part, and each run of parts to its end, joined."""
-    found = parts(text)[:MAX_PARTS]
-    terms = {f"{namespace}:{part[:MAX_TERM]}" for part in found}
+    """The terms of one value: each part, and each run of two or more parts to its end,
+    joined, under the length of its first part."""
+    found = [part[:MAX_TERM] for part in parts(text)[:MAX_PARTS]]
+    terms = {f"{namespace}:{part}" for part in found}
     terms.update(
-        f"{namespace}:{''.join(found[start:])[:MAX_TERM]}" for start in range(len(found) - 1)
+        f"{namespace}r{len(found[start])}:{''.join(found[start:])[:MAX_TERM]}"
+        for start in range(len(found) - 1)
+        if len(found[start]) < MAX_TERM  # a run that is all first part is the part
     )
     return terms
+
+
+def word_prefixes(word: str, namespace: str) -> list[str]:
+    """The term starts a query word looks for: a part starting with it, or a run whose
+    first part it spans whole (one of each length it can have)."""
+    return [f"{namespace}:{word}"] + [f"{namespace}r{k}:{word}" for k in range(1, len(word))]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -174,12 +190,20 @@ def fts5_exact(query: SearchQuery, *, personal: bool) -> str | None:
     return "(" + " OR ".join(f'"{space}:{query.exact}"' for space in spaces) + ")"
 
 
+def _prefixes(word: str, personal: bool) -> list[str]:
+    return [
+        start
+        for space in _namespaces(personal, exact=False)
+        for start in word_prefixes(word, space)
+    ]
+
+
 def fts5_prefix(query: SearchQuery, *, personal: bool) -> str:
     """The FTS5 expression of every word matching a term's start, exact matches left out
     (they come first, from `fts5_exact`)."""
-    spaces = _namespaces(personal, exact=False)
     words = " AND ".join(
-        "(" + " OR ".join(f'"{space}:{word}"*' for space in spaces) + ")" for word in query.words
+        "(" + " OR ".join(f'"{start}"*' for start in _prefixes(word, personal)) + ")"
+        for word in query.words
     )
     exact = fts5_exact(query, personal=personal)
     return f"({words}) NOT {exact}" if exact else words
@@ -195,9 +219,9 @@ def tsquery_exact(query: SearchQuery, *, personal: bool) -> str | None:
 
 def tsquery_prefix(query: SearchQuery, *, personal: bool) -> str:
     """`fts5_prefix` as PostgreSQL tsquery text."""
-    spaces = _namespaces(personal, exact=False)
     words = " & ".join(
-        "(" + " | ".join(f"'{space}:{word}':*" for space in spaces) + ")" for word in query.words
+        "(" + " | ".join(f"'{start}':*" for start in _prefixes(word, personal)) + ")"
+        for word in query.words
     )
     exact = tsquery_exact(query, personal=personal)
     return f"({words}) & !{exact}" if exact else words

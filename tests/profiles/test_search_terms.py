@@ -20,6 +20,7 @@ from tessera.profiles.search_terms import (
     parts,
     phone_digits,
     tsquery_prefix,
+    word_prefixes,
 )
 from tests.examples import examples
 
@@ -37,9 +38,8 @@ def _finds(terms: set[str], typed: str) -> bool:
     starts some personal or open term."""
     query = parse_query(typed)
     assert query is not None
-    return all(
-        any(term.startswith((f"p:{word}", f"o:{word}")) for term in terms) for word in query.words
-    )
+    starts = [tuple(word_prefixes(word, "p") + word_prefixes(word, "o")) for word in query.words]
+    return all(any(term.startswith(start) for term in terms) for start in starts)
 
 
 def test_an_email_is_found_by_the_start_of_the_whole_and_of_each_part() -> None:
@@ -74,8 +74,20 @@ def test_queries_with_too_little_or_only_operators_find_nothing() -> None:
 def test_one_chunk_is_also_an_exact_identifier() -> None:
     query = parse_query("u-1")
     assert query is not None and query.words == ("u1",) and query.exact == "u1"
-    assert fts5_prefix(query, personal=False) == '(("o:u1"*)) NOT ("ox:u1")'
-    assert tsquery_prefix(query, personal=True) == "(('o:u1':* | 'p:u1':*)) & !('ox:u1' | 'px:u1')"
+    assert fts5_prefix(query, personal=False) == '(("o:u1"* OR "or1:u1"*)) NOT ("ox:u1")'
+    assert tsquery_prefix(query, personal=True) == (
+        "(('o:u1':* | 'or1:u1':* | 'p:u1':* | 'pr1:u1':*)) & !('ox:u1' | 'px:u1')"
+    )
+
+
+def test_a_word_looks_at_runs_only_past_their_first_part() -> None:
+    terms = _terms("amelia.jones@example.com")
+    assert "pr6:ameliajonesexamplecom" in terms and "p:amelia" in terms
+    # "amelia" is found by its part; a run starting with it is never a "p:amelia..." term,
+    # so a prefix of a common first name does not read every such run in the store.
+    assert not [term for term in terms if term.startswith("p:amelia") and term != "p:amelia"]
+    assert _finds(terms, "ameliaj") and _finds(terms, "amelia.jones@ex")
+    assert not _finds(terms, "ameliax")
 
 
 _SAFE_FTS5 = re.compile(r'^[()"*: \w]+$')
