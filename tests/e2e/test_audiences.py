@@ -63,7 +63,7 @@ def test_build_an_audience_with_a_nested_group_by_mouse(
     page: Page, shop: LiveTessera, people: People
 ) -> None:
     sign_in(page, shop, people.emails["marketer"])
-    page.get_by_role("link", name="Audiences").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audiences").click()
     expect(page.get_by_role("heading", name="No audiences yet")).to_be_visible()
     assert_accessible(page)
     page.get_by_role("link", name="Create an audience").first.click()
