@@ -57,7 +57,9 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open, the main thread has a
+# running event loop, and the tests after tests/e2e that call asyncio.run would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         _unavailable(f"Chromium is not at {CHROMIUM}: install it (apt-get install chromium)")
