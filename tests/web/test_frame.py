@@ -167,3 +167,12 @@ def test_responses_say_how_long_the_server_took(live: LiveTessera) -> None:
     with browser(live.url) as client:
         timing = client.get("/").headers["server-timing"]
         assert re.fullmatch(r"app;dur=\d+\.\d", timing)
+
+
+def test_every_sidebar_entry_names_a_known_permission() -> None:
+    from tessera.auth.permissions import PERMISSIONS
+    from tessera.web.views import collect
+
+    _routers, nav = collect()
+    assert {item.href for item in nav} >= {"/", "/people", "/settings/users"}
+    assert [item.label for item in nav if item.permission not in PERMISSIONS] == []

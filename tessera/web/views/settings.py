@@ -14,7 +14,7 @@ from tessera.api.deps import ConnectionDep, IdPath, client_ip
 from tessera.audit.service import list_entries
 from tessera.auth import admin, tokens, users
 from tessera.auth.passwords import MIN_LENGTH
-from tessera.auth.permissions import PERMISSIONS, ROLES
+from tessera.auth.permissions import ROLES
 from tessera.config import Settings
 from tessera.errors import BadRequest, Conflict, HTTPError
 from tessera.identity.config import IdentityRules
@@ -293,6 +293,3 @@ def audit_page(
             "query": saved_views.clean_query(request.url.query),
         },
     )
-
-
-assert all(item.permission in PERMISSIONS for item in NAV)
